@@ -1,0 +1,1 @@
+"""RFC 9001 QUIC packet protection and the NIC key-install API (no MoQT, no BPF here)."""

@@ -1,0 +1,1 @@
+"""NIC hardware abstraction layer: ports, program placement, QUIC key install, capabilities, teardown."""

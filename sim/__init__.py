@@ -1,0 +1,1 @@
+"""Simulated network: namespaces, links, shaping, the simulated NIC, media sources and scenarios."""
