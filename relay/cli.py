@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sub": ("relay.tools.sub", "subscribe to a track, check it and report delivery and latency as JSON"),
     "doctor": ("relay.doctor", "check every prerequisite (root, BPF, BTF, clsact, veth, netns, clang, libbpf)"),
     "sim": ("sim.cli", "bring the simulated network up or down, list it, run a command in a node"),
-    "demo": ("relay.demo", "run the demonstration end to end and write a report"),
+    "demo": ("sim.demo", "run the demonstration end to end and write a report"),
 }
 SERVE_MODULE = "relay.serve"
 

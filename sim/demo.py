@@ -1,0 +1,164 @@
+"""`relay demo`: one publisher, several subscribers, one relay, every part a real process, and a report.
+
+The demo drives the same command-line tools a user runs (`relay`, `relay pub`, `relay sub`), so what it shows is
+what a user gets. Each process is started by us, tracked by PID, and ended in a `finally`, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+READY = re.compile(r"listening on (moqt://\S+)")
+CA_LINE = re.compile(r"ca: (\S+)")
+
+
+@dataclass
+class DemoConfig:
+    subscribers: int = 4
+    duration: float = 10.0
+    mode: str = "datagram"
+    out: Path = Path("demo-out")
+    fps: int = 30
+    bitrate: str = "2M"
+    namespace: str = "demo/cam1"
+    track: str = "video"
+
+
+@dataclass
+class Processes:
+    """Every child we started, so teardown ends exactly those."""
+
+    children: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def start(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+        child = subprocess.Popen(argv, text=True, **kwargs)
+        self.children.append(child)
+        return child
+
+    def stop_all(self) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for child in self.children:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def relay_argv() -> list[str]:
+    return [sys.executable, "-m", "relay.cli"]
+
+
+def wait_ready(relay: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """Read the relay's stdout until it prints its URL and CA path (the documented readiness contract)."""
+    assert relay.stdout is not None
+    url = ca = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not (url and ca):
+        line = relay.stdout.readline()
+        if not line:
+            if relay.poll() is not None:
+                raise RuntimeError(f"relay exited with status {relay.returncode} before it was ready")
+            continue
+        if m := READY.search(line):
+            url = m.group(1)
+        if m := CA_LINE.search(line):
+            ca = m.group(1)
+    if not (url and ca):
+        raise RuntimeError(f"relay not ready after {timeout:.0f} s")
+    return url, ca
+
+
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    procs = Processes()
+    state = Path(tempfile.mkdtemp(prefix="moq-demo-"))
+    port = free_port()
+    try:
+        relay = procs.start([*relay_argv(), "--hal", "none", "--listen", f"127.0.0.1:{port}", "--state-dir", str(state)],
+                            stdout=subprocess.PIPE)
+        url, ca = wait_ready(relay, timeout=20)
+        print(f"relay ready at {url}")
+        common = ["--url", url, "--ca", ca, "--namespace", cfg.namespace, "--track", cfg.track]
+        pub_json = cfg.out / "publisher.json"
+        publisher = procs.start([*relay_argv(), "pub", *common, "--fps", str(cfg.fps), "--gop", str(cfg.fps),
+                                 "--bitrate", cfg.bitrate, "--mode", cfg.mode, "--duration", str(cfg.duration),
+                                 "--start-delay", "2", "--json", str(pub_json)])
+        time.sleep(0.5)
+        subs = []
+        for i in range(cfg.subscribers):
+            path = cfg.out / f"sub{i}.json"
+            subs.append((path, procs.start([*relay_argv(), "sub", *common, "--duration", str(cfg.duration + 3),
+                                            "--json", str(path)])))
+        start = time.monotonic()
+        while publisher.poll() is None or any(p.poll() is None for _, p in subs):
+            elapsed = time.monotonic() - start
+            print(f"\r  running {elapsed:5.1f} s of ~{cfg.duration + 3:.0f} s", end="", flush=True)
+            time.sleep(0.5)
+            if elapsed > cfg.duration + 30:
+                raise RuntimeError("publisher or subscribers did not finish in time")
+        print()
+        published = json.loads(pub_json.read_text()) if pub_json.exists() else {}
+        results = [json.loads(p.read_text()) if p.exists() else {"error": "no report"} for p, _ in subs]
+    finally:
+        procs.stop_all()
+    report = {"config": {k: str(v) for k, v in vars(cfg).items()}, "published": published, "subscribers": results}
+    (cfg.out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def verdict_table(report: dict[str, Any]) -> str:
+    published = report["published"].get("objects", 0)
+    lines = [f"{'subscriber':<12}{'objects':>9}{'of':>6}{'decodable':>11}{'p50 ms':>9}{'p99 ms':>9}  errors"]
+    for i, sub in enumerate(report["subscribers"]):
+        lat = sub.get("latency_ms", {})
+        lines.append(f"{'sub' + str(i):<12}{sub.get('objects', 0):>9}{published:>6}{sub.get('decodable', 0):>11}"
+                     f"{lat.get('p50', float('nan')):>9.2f}{lat.get('p99', float('nan')):>9.2f}  "
+                     f"{len(sub.get('errors', [])) if isinstance(sub.get('errors'), list) else sub.get('errors', '')}")
+    return "\n".join(lines)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hal", choices=["none"], default="none",
+                        help="NIC backend for the relay (the simulated-NIC demo with the kernel fast path comes next)")
+    parser.add_argument("--subscribers", type=int, default=4, help="number of subscribers (default 4)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of media to publish (default 10)")
+    parser.add_argument("--mode", choices=["datagram", "stream-per-object", "stream-per-group"], default="datagram",
+                        help="how the publisher sends objects (default datagram)")
+    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="where report.json goes (default ./demo-out)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.subscribers < 1:
+        print("relay demo: --subscribers must be at least 1", file=sys.stderr)
+        return 2
+    cfg = DemoConfig(subscribers=args.subscribers, duration=args.duration, mode=args.mode, out=args.out)
+    env_note = "" if os.geteuid() == 0 else " (not root: only the loopback demo can run)"
+    print(f"demo: 1 publisher -> {cfg.subscribers} subscribers, {cfg.mode}, {cfg.duration:.0f} s{env_note}")
+    report = run_demo(cfg)
+    print(verdict_table(report))
+    print(f"report: {cfg.out / 'report.json'}")
+    ok = all(not s.get("errors") and s.get("objects", 0) > 0 for s in report["subscribers"])
+    return 0 if ok else 1
