@@ -1,0 +1,203 @@
+"""Hand an aioquic connection's 1-RTT packet protection to the NIC.
+
+Once the NIC holds a connection's 1-RTT keys, the host sends short-header packets in plaintext with 16 zero bytes
+of tag room (the NIC encrypts and applies header protection on the way out) and accepts short-header packets whose
+tag room is all zero as NIC-verified plaintext (the NIC decrypted them; it drops zero-tagged packets it could not
+verify, DESIGN.md section 5). Anything else - a packet that arrived before the NIC had keys, or that the NIC could
+not decrypt - still goes through aioquic's own software crypto, so nothing breaks while keys are in flight.
+
+This module knows aioquic's internals (the ``_cryptos`` table, ``_initialize``, host and peer CIDs); it is the only
+place in the project that does, and the version range in pyproject.toml pins what it was written against.
+Long-header packets (Initial, Handshake) are never offloaded.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aioquic import tls
+from aioquic.quic.connection import QuicConnection, QuicConnectionState
+from aioquic.quic.crypto import CryptoContext, CryptoPair
+from aioquic.quic.packet import decode_packet_number, is_long_header
+
+TAG_SIZE = 16
+ZERO_TAG = bytes(TAG_SIZE)
+# The header-protected bits of a short header's first byte (RFC 9001 section 5.4.1): reserved, key phase, PN length.
+KEY_PHASE_BIT = 0x04
+PN_LENGTH_MASK = 0x03
+
+
+class Direction(enum.Enum):
+    RX = "rx"  # packets the NIC decrypts for the host (keyed by the host's own connection IDs)
+    TX = "tx"  # packets the NIC encrypts for the wire (keyed by the peer's connection ID)
+
+
+@dataclass(frozen=True)
+class OneRttKeys:
+    """A 1-RTT traffic secret as TLS produced it; the NIC side derives key, IV and HP key from it (RFC 9001 5.1)."""
+
+    direction: Direction
+    cipher_suite: tls.CipherSuite
+    secret: bytes
+    key_phase: int
+    trigger: str  # "tls" for the handshake's keys, "local_update" / "remote_update" for key updates
+
+
+class OffloadController(Protocol):
+    """What the HAL side provides: key install/rekey/remove towards the NIC for one connection."""
+
+    def install_keys(self, conn: OffloadedQuicConnection, keys: OneRttKeys) -> bool:
+        """Install (or rekey to) these keys; True once the NIC can use them, so the host may switch to plaintext."""
+
+    def update_cids(self, conn: OffloadedQuicConnection, host_cids: frozenset[bytes], peer_cid: bytes) -> None:
+        """The set of host CIDs (RX keys) or the peer CID in use (TX key) changed."""
+
+    def release(self, conn: OffloadedQuicConnection) -> None:
+        """The connection is gone: remove every key the NIC holds for it."""
+
+
+class OffloadedCryptoContext(CryptoContext):
+    """A 1-RTT crypto context that sends plaintext and accepts NIC-verified plaintext once `offloaded` is set.
+
+    The software AEAD and header protection stay set up: they handle packets that the NIC passed up still protected,
+    and key updates derive the next phase from them exactly as aioquic does.
+    """
+
+    def __init__(self, key_phase: int = 0, setup_cb: Callable[[str], None] = lambda t: None,
+                 teardown_cb: Callable[[str], None] = lambda t: None) -> None:
+        super().__init__(key_phase=key_phase, setup_cb=setup_cb, teardown_cb=teardown_cb)
+        self.offloaded = False
+        self.plaintext_packets = 0
+        self.software_packets = 0
+
+    def decrypt_packet(self, packet: bytes, encrypted_offset: int,
+                       expected_packet_number: int) -> tuple[bytes, bytes, int, bool]:
+        if not (self.offloaded and not is_long_header(packet[0]) and len(packet) >= encrypted_offset + 4 + TAG_SIZE
+                and packet[-TAG_SIZE:] == ZERO_TAG):
+            self.software_packets += 1
+            return super().decrypt_packet(packet, encrypted_offset, expected_packet_number)
+        # NIC-verified plaintext: first byte and packet number are already unmasked (RFC 9001 5.4 done by the NIC).
+        first_byte = packet[0]
+        pn_length = (first_byte & PN_LENGTH_MASK) + 1
+        plain_header = packet[: encrypted_offset + pn_length]
+        truncated = int.from_bytes(packet[encrypted_offset: encrypted_offset + pn_length], "big")
+        packet_number = decode_packet_number(truncated, pn_length * 8, expected_packet_number)
+        key_phase_changed = ((first_byte & KEY_PHASE_BIT) >> 2) != self.key_phase
+        self.plaintext_packets += 1
+        return plain_header, packet[len(plain_header): -TAG_SIZE], packet_number, key_phase_changed
+
+    def encrypt_packet(self, plain_header: bytes, plain_payload: bytes, packet_number: int) -> bytes:
+        if not self.offloaded:
+            self.software_packets += 1
+            return super().encrypt_packet(plain_header, plain_payload, packet_number)
+        self.plaintext_packets += 1
+        return plain_header + plain_payload + ZERO_TAG
+
+
+class OffloadedCryptoPair(CryptoPair):
+    """aioquic's CryptoPair with offload-capable contexts; aioquic's key-update logic is reused unchanged."""
+
+    def __init__(self, recv_setup_cb: Callable[[str], None], recv_teardown_cb: Callable[[str], None],
+                 send_setup_cb: Callable[[str], None], send_teardown_cb: Callable[[str], None]) -> None:
+        super().__init__()
+        self.recv = OffloadedCryptoContext(setup_cb=recv_setup_cb, teardown_cb=recv_teardown_cb)
+        self.send = OffloadedCryptoContext(setup_cb=send_setup_cb, teardown_cb=send_teardown_cb)
+
+
+@dataclass
+class OffloadStatus:
+    """What a connection reports about its 1-RTT protection (the relay's stats and the tests read this)."""
+
+    rx_offloaded: bool = False
+    tx_offloaded: bool = False
+    rx_plaintext_packets: int = 0
+    tx_plaintext_packets: int = 0
+    rx_software_packets: int = 0
+    tx_software_packets: int = 0
+    key_updates: int = 0
+    host_cids: frozenset[bytes] = field(default_factory=frozenset)
+    peer_cid: bytes = b""
+
+
+class OffloadedQuicConnection(QuicConnection):
+    """A QuicConnection whose 1-RTT protection moves to the NIC as soon as the controller has installed the keys."""
+
+    def __init__(self, *, offload: OffloadController, **kwargs: Any) -> None:
+        self._offload = offload
+        self._offload_key_updates = 0
+        self._offload_cids: tuple[frozenset[bytes], bytes] | None = None
+        self._offload_released = False
+        super().__init__(**kwargs)
+
+    # aioquic builds its crypto pairs here; swap in the offload-capable 1-RTT pair before any key exists.
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        old = self._cryptos[tls.Epoch.ONE_RTT]
+        self._cryptos[tls.Epoch.ONE_RTT] = OffloadedCryptoPair(
+            recv_setup_cb=self._offload_hook(Direction.RX, old.recv._setup_cb),
+            recv_teardown_cb=old.recv._teardown_cb,
+            send_setup_cb=self._offload_hook(Direction.TX, old.send._setup_cb),
+            send_teardown_cb=old.send._teardown_cb,
+        )
+
+    def _offload_hook(self, direction: Direction, original: Callable[[str], None]) -> Callable[[str], None]:
+        def on_setup(trigger: str) -> None:
+            original(trigger)
+            self._offload_keys_changed(direction, trigger)
+
+        return on_setup
+
+    def _offload_context(self, direction: Direction) -> OffloadedCryptoContext:
+        pair = self._cryptos[tls.Epoch.ONE_RTT]
+        assert isinstance(pair, OffloadedCryptoPair)
+        ctx = pair.recv if direction is Direction.RX else pair.send
+        assert isinstance(ctx, OffloadedCryptoContext)
+        return ctx
+
+    def _offload_keys_changed(self, direction: Direction, trigger: str) -> None:
+        ctx = self._offload_context(direction)
+        if ctx.secret is None or ctx.cipher_suite is None or self._offload_released:
+            return
+        if trigger != "tls" and direction is Direction.RX:
+            self._offload_key_updates += 1
+        # CIDs first: the controller needs them to key the NIC tables.
+        self.offload_sync_cids()
+        keys = OneRttKeys(direction, ctx.cipher_suite, ctx.secret, ctx.key_phase, trigger)
+        installed = self._offload.install_keys(self, keys)
+        # A key update keeps the offload state: the NIC follows the phase (its rekey), the host keeps plaintext.
+        ctx.offloaded = installed if trigger == "tls" else (ctx.offloaded and installed)
+
+    def offload_sync_cids(self) -> None:
+        """Tell the controller when the host's CIDs or the peer CID in use changed (cheap when nothing did)."""
+        if self._offload_released:
+            return
+        current = (frozenset(c.cid for c in self._host_cids), self._peer_cid.cid)
+        if current != self._offload_cids:
+            self._offload_cids = current
+            self._offload.update_cids(self, current[0], current[1])
+
+    def offload_release(self) -> None:
+        """Remove the NIC's keys for this connection (idempotent); the relay calls it when the connection ends."""
+        if not self._offload_released:
+            self._offload_released = True
+            self._offload.release(self)
+
+    def offload_status(self) -> OffloadStatus:
+        rx, tx = self._offload_context(Direction.RX), self._offload_context(Direction.TX)
+        cids = self._offload_cids or (frozenset(), b"")
+        return OffloadStatus(rx.offloaded, tx.offloaded, rx.plaintext_packets, tx.plaintext_packets,
+                             rx.software_packets, tx.software_packets, self._offload_key_updates, cids[0], cids[1])
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        # CIDs can change while receiving (NEW_CONNECTION_ID, retirement) and while building packets (we issue new
+        # CIDs): sync before, so TX has the peer CID's key, and after, so RX knows new host CIDs before the peer can
+        # use them (it needs at least one round trip).
+        self.offload_sync_cids()
+        datagrams = super().datagrams_to_send(now)
+        self.offload_sync_cids()
+        if self._state in (QuicConnectionState.TERMINATED,):
+            self.offload_release()
+        return datagrams
