@@ -13,7 +13,6 @@ Long-header packets (Initial, Handshake) are never offloaded.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,16 +22,13 @@ from aioquic.quic.connection import QuicConnection, QuicConnectionState
 from aioquic.quic.crypto import CryptoContext, CryptoPair
 from aioquic.quic.packet import decode_packet_number, is_long_header
 
+from crypto_offload.api import Direction  # one Direction type for the controller and the key-install API
+
 TAG_SIZE = 16
 ZERO_TAG = bytes(TAG_SIZE)
 # The header-protected bits of a short header's first byte (RFC 9001 section 5.4.1): reserved, key phase, PN length.
 KEY_PHASE_BIT = 0x04
 PN_LENGTH_MASK = 0x03
-
-
-class Direction(enum.Enum):
-    RX = "rx"  # packets the NIC decrypts for the host (keyed by the host's own connection IDs)
-    TX = "tx"  # packets the NIC encrypts for the wire (keyed by the peer's connection ID)
 
 
 @dataclass(frozen=True)
@@ -126,11 +122,39 @@ class OffloadedQuicConnection(QuicConnection):
     """A QuicConnection whose 1-RTT protection moves to the NIC as soon as the controller has installed the keys."""
 
     def __init__(self, *, offload: OffloadController, **kwargs: Any) -> None:
+        self._offload_setup(offload)
+        super().__init__(**kwargs)
+
+    def _offload_setup(self, offload: OffloadController) -> None:
         self._offload = offload
         self._offload_key_updates = 0
         self._offload_cids: tuple[frozenset[bytes], bytes] | None = None
         self._offload_released = False
-        super().__init__(**kwargs)
+
+    @classmethod
+    def adopt(cls, quic: QuicConnection, offload: OffloadController) -> OffloadedQuicConnection:
+        """Turn a QuicConnection that aioquic's server built into an offloaded one, before its first datagram.
+
+        aioquic's `serve()` constructs the connection itself and hands it to the protocol factory; the relay's
+        connection hook calls this there. The crypto pairs do not exist yet (`_initialize` runs on the first
+        datagram), so the offload-capable 1-RTT pair is in place before any key is derived.
+        """
+        if hasattr(quic, "_cryptos") and quic._cryptos:
+            raise RuntimeError("adopt() must run before the connection has processed a datagram")
+        quic.__class__ = cls
+        assert isinstance(quic, cls)
+        quic._offload_setup(offload)
+        return quic
+
+    def offload_next_tx_pn(self) -> int:
+        """The packet number aioquic sends next (one counter for all packet spaces in aioquic)."""
+        return int(self._packet_number)
+
+    def offload_largest_rx_pn(self) -> int:
+        """Largest 1-RTT packet number received so far, -1 for none (the NIC expands truncated PNs from it)."""
+        space = self._spaces.get(tls.Epoch.ONE_RTT) if hasattr(self, "_spaces") else None
+        largest = getattr(space, "largest_received_packet", -1) if space is not None else -1
+        return int(largest)
 
     # aioquic builds its crypto pairs here; swap in the offload-capable 1-RTT pair before any key exists.
     def _initialize(self, peer_cid: bytes) -> None:

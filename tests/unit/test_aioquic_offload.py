@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import pytest
 from aioquic.buffer import Buffer
@@ -142,11 +143,17 @@ class ModelNic:
         return b"".join(out)
 
 
+class Nic(Protocol):
+    def wire_to_host(self, datagram: bytes) -> bytes | None: ...
+
+    def host_to_wire(self, datagram: bytes) -> bytes | None: ...
+
+
 @dataclass
 class Pair:
     client: QuicConnection
     server: OffloadedQuicConnection
-    nic: ModelNic
+    nic: Any
     now: float = 0.0
 
     def pump(self, rounds: int = 40) -> None:
@@ -186,22 +193,27 @@ class Pair:
         return data
 
 
-@pytest.fixture
-def pair() -> Pair:
+def make_pair(nic: Any, controller: Any) -> Pair:
+    """Real TLS handshake between an unmodified aioquic client and an offloaded server, through `nic`."""
     cert, key = self_signed()
     server_cfg = QuicConfiguration(is_client=False, alpn_protocols=["moq-00"], max_datagram_frame_size=65536)
     server_cfg.certificate, server_cfg.private_key = cert, key
     client_cfg = QuicConfiguration(is_client=True, alpn_protocols=["moq-00"], max_datagram_frame_size=65536)
-    client_cfg.cafile = None
     client_cfg.verify_mode = 0
     client = QuicConnection(configuration=client_cfg)
-    nic = ModelNic()
-    server = OffloadedQuicConnection(configuration=server_cfg, original_destination_connection_id=client.original_destination_connection_id,
-                                     offload=nic)
+    server = OffloadedQuicConnection(configuration=server_cfg,
+                                     original_destination_connection_id=client.original_destination_connection_id,
+                                     offload=controller)
     client.connect(SERVER_ADDR, now=0.0)
     p = Pair(client, server, nic)
     p.pump()
     return p
+
+
+@pytest.fixture
+def pair() -> Pair:
+    nic = ModelNic()
+    return make_pair(nic, nic)
 
 
 def test_handshake_switches_both_directions_to_offload(pair: Pair) -> None:
