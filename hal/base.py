@@ -53,6 +53,12 @@ class Hal(Protocol):
     def netns(self) -> str | None:
         """The namespace the relay must serve from, or None for the caller's own."""
 
+    def default_listen(self) -> str | None:
+        """HOST:PORT to serve on when the user gave no --listen (the sim knows its relay address), or None."""
+
+    def usage_hint(self, url: str) -> str:
+        """Lines telling the user how to reach the relay from this backend's world (printed once ready)."""
+
     def key_installer(self) -> Any | None:
         """The NIC's key-install endpoint (crypto_offload.api.KeyInstaller), or None without crypto offload."""
 

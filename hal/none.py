@@ -23,6 +23,12 @@ class NoneHal:
     def netns(self) -> str | None:
         return None
 
+    def default_listen(self) -> str | None:
+        return None
+
+    def usage_hint(self, url: str) -> str:
+        return ""
+
     def key_installer(self) -> Any | None:
         return None
 

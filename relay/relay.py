@@ -1,0 +1,558 @@
+"""Relay semantics on top of MoqtSession: namespaces, subscription aggregation, and object fan-out.
+
+Sans-I/O like the session: `Relay.handle(session, event)` is fed every session event; it answers on sessions and
+the sessions' `on_output` callbacks make the adapter transmit. Draft-14 rules applied here (sections 8, 9):
+
+- PUBLISH_NAMESPACE routes a namespace prefix (whole tuple fields, longest prefix) to the publishing session;
+- SUBSCRIBE is aggregated: one upstream SUBSCRIBE per track, shared by every downstream subscriber; a downstream
+  SUBSCRIBE_OK only after the upstream one; TRACK_DOES_NOT_EXIST at once when no publisher covers the namespace;
+- the last UNSUBSCRIBE unsubscribes upstream; PUBLISH_DONE (or the publisher going away) ends every subscriber;
+- objects reach every forwarding subscriber unchanged except the track alias (`Forwarder`, the only per-object code).
+
+The fast-path controller hooks in through `FastPathHooks`: it hears every subscriber added/removed (with session,
+aliases, priorities) and every session closed, so kernel maps can mirror exactly what user space forwards.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from relay.moqt import errors as E
+from relay.moqt import messages as M
+from relay.moqt.session import (
+    ControlMessageReceived,
+    DatagramReceived,
+    DataStreamData,
+    DataStreamOpened,
+    DataStreamReset,
+    DataStreamStopped,
+    MoqtEvent,
+    MoqtSession,
+    RequestBlocked,
+    SessionClosed,
+    SessionReady,
+)
+from relay.moqt.varint import encode_varint, varint_len
+from relay.router import NamespaceTaken, Router
+
+log = logging.getLogger("relay")
+
+TrackKey = tuple[M.Namespace, bytes]
+_VARINT_RANGES = {1: (0, 0x3F), 2: (0x40, 0x3FFF), 4: (0x4000, 0x3FFF_FFFF), 8: (0x4000_0000, (1 << 62) - 1)}
+MAX_ORPHAN_STREAMS = 64  # per publisher session: streams that arrived before their SUBSCRIBE_OK
+
+
+@dataclass(eq=False)
+class Downstream:
+    """One downstream subscription (a subscriber's SUBSCRIBE), with its relay-chosen alias."""
+
+    session: MoqtSession
+    request_id: int
+    subscriber_priority: int
+    forward: bool
+    track: Track
+    seq: int
+    alias: int = -1
+    alias_bytes: bytes = b""
+    streams_sent: int = 0
+    # upstream stream id -> our stream id on this subscriber's connection
+    streams: dict[int, int] = field(default_factory=dict)
+
+    def sort_key(self) -> tuple[int, int]:
+        return (self.subscriber_priority, self.seq)
+
+
+@dataclass(eq=False)
+class Track:
+    """One upstream track, shared by every downstream subscriber (aggregation)."""
+
+    key: TrackKey
+    publisher: MoqtSession
+    request_id: int
+    alias: int | None = None
+    ok: M.SubscribeOk | None = None
+    subscribers: list[Downstream] = field(default_factory=list)  # sorted: subscriber priority, then arrival
+    pending: list[Downstream] = field(default_factory=list)  # waiting for the upstream SUBSCRIBE_OK
+    # fan-out list of the forwarding subscribers, rebuilt when membership changes (kept off the per-object path)
+    fanout: tuple[Downstream, ...] = ()
+    upstream_streams: int = 0  # subgroup streams the publisher opened for this track
+    open_streams: int = 0  # ... of which not yet finished or reset
+    ending: M.PublishDone | None = None  # the publisher's PUBLISH_DONE, waiting for its streams to arrive
+    done_sent: bool = False
+
+    def refresh(self) -> None:
+        self.subscribers.sort(key=Downstream.sort_key)
+        self.fanout = tuple(s for s in self.subscribers if s.forward)
+
+
+class FastPathHooks(Protocol):
+    """What a fast-path controller (kernel forwarding) needs to mirror user-space forwarding state."""
+
+    def subscriber_added(self, track: Track, sub: Downstream) -> None: ...
+    def subscriber_removed(self, track: Track, sub: Downstream) -> None: ...
+    def track_ended(self, track: Track) -> None: ...
+    def session_closed(self, session: MoqtSession) -> None: ...
+
+
+class NoFastPath:
+    """Default hooks: everything stays in user space."""
+
+    def subscriber_added(self, track: Track, sub: Downstream) -> None:
+        return None
+
+    def subscriber_removed(self, track: Track, sub: Downstream) -> None:
+        return None
+
+    def track_ended(self, track: Track) -> None:
+        return None
+
+    def session_closed(self, session: MoqtSession) -> None:
+        return None
+
+
+@dataclass
+class _Orphan:
+    """An upstream stream whose alias is not bound yet (its data overtook SUBSCRIBE_OK)."""
+
+    alias: int
+    alias_offset: int
+    alias_length: int
+    publisher_priority: int
+    data: bytearray
+    fin: bool = False
+
+
+@dataclass
+class _UpStream:
+    track: Track
+    alias_offset: int
+    alias_length: int
+    publisher_priority: int
+
+
+class Forwarder:
+    """The only per-object code: an upstream datagram or stream chunk in, one copy per forwarding subscriber out.
+
+    Each copy is the publisher's bytes with just the Track Alias replaced (draft-14 section 8: a relay must not change
+    object fields); a subgroup stream maps to one stream per subscriber, chunks pass through in order, FIN and
+    RESET_STREAM propagate. A kernel fast path later replaces these methods for enabled connections."""
+
+    def __init__(self, on_ending_progress: Callable[[Track], None] | None = None) -> None:
+        #: called on stream open/close of a track whose publisher already sent PUBLISH_DONE
+        self.on_ending_progress = on_ending_progress or (lambda track: None)
+        self._tracks: dict[
+            tuple[MoqtSession, int], Track
+        ] = {}  # (publisher session, upstream alias) -> track
+        self._streams: dict[tuple[MoqtSession, int], _UpStream] = {}  # (publisher session, upstream stream)
+        self._orphans: dict[tuple[MoqtSession, int], _Orphan] = {}
+        self.datagrams_in = 0
+        self.copies_out = 0
+
+    def bind(self, track: Track) -> None:
+        """The track's upstream alias is known: route its data, and replay streams that arrived early."""
+        assert track.alias is not None
+        self._tracks[(track.publisher, track.alias)] = track
+        for key, orphan in list(self._orphans.items()):
+            if key[0] is track.publisher and orphan.alias == track.alias:
+                del self._orphans[key]
+                self.stream_opened(
+                    track.publisher,
+                    DataStreamOpened(
+                        key[1],
+                        orphan.alias,
+                        orphan.alias_offset,
+                        orphan.alias_length,
+                        orphan.publisher_priority,
+                        bytes(orphan.data),
+                        orphan.fin,
+                    ),  # fmt: skip
+                )
+
+    def unbind(self, track: Track) -> None:
+        if track.alias is not None:
+            self._tracks.pop((track.publisher, track.alias), None)
+        for key in [k for k, up in self._streams.items() if up.track is track]:
+            del self._streams[key]
+
+    def forget_session(self, session: MoqtSession) -> None:
+        for table in (self._tracks, self._streams, self._orphans):
+            for key in [k for k in table if k[0] is session]:
+                del table[key]
+
+    def datagram(self, session: MoqtSession, ev: DatagramReceived) -> None:
+        track = self._tracks.get((session, ev.track_alias))
+        if track is None:
+            return  # not (or no longer) subscribed: datagrams are unreliable, dropping is allowed
+        self.datagrams_in += 1
+        data, off, end = ev.data, ev.alias_offset, ev.alias_offset + ev.alias_length
+        prio = ev.publisher_priority
+        for sub in track.fanout:
+            out = data if sub.alias == ev.track_alias else data[:off] + sub.alias_bytes + data[end:]
+            sub.session.send_datagram(out, (sub.subscriber_priority, prio))
+        self.copies_out += len(track.fanout)
+
+    def stream_opened(self, session: MoqtSession, ev: DataStreamOpened) -> None:
+        track = self._tracks.get((session, ev.track_alias))
+        if track is None:
+            if sum(1 for k in self._orphans if k[0] is session) < MAX_ORPHAN_STREAMS:
+                self._orphans[(session, ev.stream_id)] = _Orphan(
+                    ev.track_alias, ev.alias_offset, ev.alias_length, ev.publisher_priority,
+                    bytearray(ev.data), ev.end_stream,
+                )  # fmt: skip
+            return
+        track.upstream_streams += 1
+        if not ev.end_stream:
+            track.open_streams += 1
+            self._streams[(session, ev.stream_id)] = _UpStream(
+                track, ev.alias_offset, ev.alias_length, ev.publisher_priority
+            )
+        data, off, end = ev.data, ev.alias_offset, ev.alias_offset + ev.alias_length
+        for sub in track.fanout:
+            out = data if sub.alias == ev.track_alias else data[:off] + sub.alias_bytes + data[end:]
+            sid = sub.session.open_data_stream(
+                out, ev.end_stream, (sub.subscriber_priority, ev.publisher_priority)
+            )
+            sub.streams_sent += 1
+            if not ev.end_stream:
+                sub.streams[ev.stream_id] = sid
+        self.copies_out += len(track.fanout)
+        if track.ending is not None:
+            self.on_ending_progress(track)
+
+    def stream_data(self, session: MoqtSession, ev: DataStreamData) -> None:
+        key = (session, ev.stream_id)
+        up = self._streams.get(key)
+        if up is None:
+            orphan = self._orphans.get(key)
+            if orphan is not None:
+                orphan.data += ev.data
+                orphan.fin = ev.end_stream
+            return
+        usid = ev.stream_id
+        for sub in up.track.fanout:
+            sid = sub.streams.get(usid)
+            if sid is not None:
+                sub.session.send_stream_data(sid, ev.data, ev.end_stream)
+                if ev.end_stream:
+                    del sub.streams[usid]
+        if ev.end_stream:
+            del self._streams[key]
+            up.track.open_streams -= 1
+            if up.track.ending is not None:
+                self.on_ending_progress(up.track)
+
+    def stream_reset(self, session: MoqtSession, ev: DataStreamReset) -> None:
+        self._orphans.pop((session, ev.stream_id), None)
+        up = self._streams.pop((session, ev.stream_id), None)
+        if up is None:
+            return
+        for sub in up.track.fanout:
+            sid = sub.streams.pop(ev.stream_id, None)
+            if sid is not None and not sub.session.closed:
+                sub.session.reset_data_stream(sid, ev.error_code)
+        up.track.open_streams -= 1
+        if up.track.ending is not None:
+            self.on_ending_progress(up.track)
+
+    @staticmethod
+    def stream_stopped(sub_session: MoqtSession, ev: DataStreamStopped, subs: list[Downstream]) -> None:
+        """A subscriber sent STOP_SENDING: stop copying into that stream (the session already reset it)."""
+        for sub in subs:
+            for usid, sid in list(sub.streams.items()):
+                if sid == ev.stream_id:
+                    del sub.streams[usid]
+
+
+@dataclass(eq=False)
+class _Peer:
+    """What the relay knows about one session, in both roles."""
+
+    session: MoqtSession
+    subs: dict[int, Downstream] = field(default_factory=dict)  # its SUBSCRIBEs to us, by request id
+    aliases: set[int] = field(default_factory=set)  # aliases we chose towards it
+    upstream: dict[int, Track] = field(default_factory=dict)  # our SUBSCRIBEs to it, by request id
+
+
+class Relay:
+    """The user-space relay; plug it into `relay.quic.serve_moqt` as the session handler."""
+
+    def __init__(self, hooks: FastPathHooks | None = None) -> None:
+        self.hooks: FastPathHooks = hooks or NoFastPath()
+        self.router: Router[MoqtSession] = Router()
+        self.forwarder = Forwarder(self._check_ending)
+        self.tracks: dict[TrackKey, Track] = {}  # tracks new subscribers can join
+        self.live: set[Track] = (
+            set()
+        )  # every track with forwarding state (incl. ended ones with open streams)
+        self._peers: dict[MoqtSession, _Peer] = {}
+        self._seq = itertools.count()
+
+    # --- adapter entry points ---------------------------------------------------------------------------------------
+
+    def session_event(self, conn: object, event: MoqtEvent) -> None:
+        """relay.quic.SessionHandler: `conn` is a MoqtConnection carrying `.session`."""
+        self.handle(conn.session, event)  # type: ignore[attr-defined]
+
+    def handle(self, session: MoqtSession, event: MoqtEvent) -> None:
+        fw = self.forwarder
+        if isinstance(event, DatagramReceived):
+            fw.datagram(session, event)
+        elif isinstance(event, DataStreamData):
+            fw.stream_data(session, event)
+        elif isinstance(event, DataStreamOpened):
+            fw.stream_opened(session, event)
+        elif isinstance(event, DataStreamReset):
+            fw.stream_reset(session, event)
+        elif isinstance(event, ControlMessageReceived):
+            self._on_control(session, event.message)
+        elif isinstance(event, DataStreamStopped):
+            peer = self._peers.get(session)
+            if peer is not None:
+                fw.stream_stopped(session, event, list(peer.subs.values()))
+        elif isinstance(event, SessionReady):
+            self.peer(session)  # known from setup on, so GOAWAY reaches sessions that never sent a request
+        elif isinstance(event, SessionClosed):
+            self._on_closed(session, event)
+
+    def goaway_all(self, uri: str = "") -> None:
+        """Shutdown step one: GOAWAY to every session that is set up (section 9.4)."""
+        for session in list(self._peers):
+            if session.ready and not session.closed:
+                session.goaway(uri)
+
+    def peer(self, session: MoqtSession) -> _Peer:
+        p = self._peers.get(session)
+        if p is None:
+            p = self._peers[session] = _Peer(session)
+        return p
+
+    # --- control ----------------------------------------------------------------------------------------------------
+
+    def _on_control(self, session: MoqtSession, msg: M.ControlMessage) -> None:
+        peer = self.peer(session)
+        if isinstance(msg, M.Subscribe):
+            self._on_subscribe(peer, msg)
+        elif isinstance(msg, M.SubscribeOk):
+            self._on_upstream_ok(peer, msg)
+        elif isinstance(msg, M.SubscribeError):
+            self._on_upstream_error(peer, msg)
+        elif isinstance(msg, M.Unsubscribe):
+            sub = peer.subs.pop(msg.request_id, None)
+            if sub is not None:
+                self._remove_subscriber(sub)
+        elif isinstance(msg, M.PublishDone):
+            track = peer.upstream.pop(msg.request_id, None)
+            if track is not None:
+                track.ending = msg
+                self._check_ending(track)
+        elif isinstance(msg, M.PublishNamespace):
+            try:
+                self.router.add(msg.track_namespace, session)
+            except NamespaceTaken:
+                session.publish_namespace_error(
+                    msg.request_id,
+                    E.PublishNamespaceErrorCode.UNINTERESTED,
+                    "namespace published by another session",
+                )
+                return
+            session.publish_namespace_ok(msg.request_id)
+        elif isinstance(msg, M.PublishNamespaceDone):
+            self.router.remove(msg.track_namespace, session)
+        elif isinstance(msg, M.SubscribeUpdate):
+            sub = peer.subs.get(msg.subscription_request_id)
+            if sub is not None:
+                sub.subscriber_priority = msg.subscriber_priority
+                sub.forward = msg.forward
+                sub.track.refresh()
+        elif isinstance(msg, M.Fetch | M.TrackStatus | M.Publish | M.SubscribeNamespace):
+            session.reject_request(msg, E.SubscribeErrorCode.NOT_SUPPORTED, "not supported by this relay")
+
+    def _on_subscribe(self, peer: _Peer, msg: M.Subscribe) -> None:
+        session = peer.session
+        key = (msg.track_namespace, msg.track_name)
+        track = self.tracks.get(key)
+        if track is None:
+            route = self.router.lookup(msg.track_namespace)
+            if route is None:
+                session.subscribe_error(
+                    msg.request_id,
+                    E.SubscribeErrorCode.TRACK_DOES_NOT_EXIST,
+                    "no publisher for this namespace",
+                )
+                return
+            publisher = route[1]
+            try:
+                rid = publisher.subscribe(
+                    msg.track_namespace, msg.track_name, subscriber_priority=msg.subscriber_priority,
+                    group_order=msg.group_order, forward=True,
+                )  # fmt: skip
+            except RequestBlocked as exc:
+                session.subscribe_error(msg.request_id, E.SubscribeErrorCode.INTERNAL_ERROR, str(exc))
+                return
+            track = self.tracks[key] = Track(key, publisher, rid)
+            self.live.add(track)
+            self.peer(publisher).upstream[rid] = track
+        sub = Downstream(
+            session, msg.request_id, msg.subscriber_priority, msg.forward, track, next(self._seq)
+        )
+        peer.subs[msg.request_id] = sub
+        if track.ok is None:
+            track.pending.append(sub)
+        else:
+            self._accept(track, sub)
+
+    def _accept(self, track: Track, sub: Downstream) -> None:
+        """Downstream SUBSCRIBE_OK with a relay-chosen alias that keeps the publisher's alias length."""
+        assert track.ok is not None and track.alias is not None
+        peer = self.peer(sub.session)
+        sub.alias = choose_alias(track.alias, peer.aliases)
+        sub.alias_bytes = encode_varint(sub.alias)
+        peer.aliases.add(sub.alias)
+        ok = track.ok
+        sub.session.subscribe_ok(
+            sub.request_id, sub.alias, expires=ok.expires, group_order=ok.group_order,
+            largest_location=ok.largest_location,
+        )  # fmt: skip
+        track.subscribers.append(sub)
+        track.refresh()
+        self.hooks.subscriber_added(track, sub)
+
+    def _on_upstream_ok(self, peer: _Peer, msg: M.SubscribeOk) -> None:
+        track = peer.upstream.get(msg.request_id)
+        if track is None:  # we unsubscribed meanwhile
+            return
+        track.ok = msg
+        track.alias = msg.track_alias
+        self.forwarder.bind(track)
+        pending, track.pending = track.pending, []
+        for sub in pending:
+            if not sub.session.closed:
+                self._accept(track, sub)
+
+    def _on_upstream_error(self, peer: _Peer, msg: M.SubscribeError) -> None:
+        track = peer.upstream.pop(msg.request_id, None)
+        if track is None:
+            return
+        self.tracks.pop(track.key, None)
+        self.live.discard(track)
+        for sub in track.pending:
+            self._forget_request(sub)
+            if not sub.session.closed:
+                sub.session.subscribe_error(sub.request_id, msg.error_code, msg.reason)
+
+    def _remove_subscriber(self, sub: Downstream) -> None:
+        track = sub.track
+        if sub in track.pending:
+            track.pending.remove(sub)
+        elif sub in track.subscribers:
+            track.subscribers.remove(sub)
+            track.refresh()
+            sub_peer = self._peers.get(sub.session)
+            if sub_peer is not None:
+                sub_peer.aliases.discard(sub.alias)
+            for sid in sub.streams.values():
+                if not sub.session.closed:
+                    sub.session.reset_data_stream(sid, E.ResetStreamCode.CANCELLED)
+            sub.streams.clear()
+            self.hooks.subscriber_removed(track, sub)
+        if not track.subscribers and not track.pending:
+            # the last subscriber left: unsubscribe upstream (section 9.11)
+            if self.tracks.get(track.key) is track:
+                del self.tracks[track.key]
+            pub_peer = self._peers.get(track.publisher)
+            still_upstream = (
+                pub_peer is not None and pub_peer.upstream.pop(track.request_id, None) is not None
+            )
+            if still_upstream and not track.publisher.closed:
+                track.publisher.unsubscribe(track.request_id)
+            self.live.discard(track)
+            self.forwarder.unbind(track)
+            self.hooks.track_ended(track)
+
+    def _forget_request(self, sub: Downstream) -> None:
+        peer = self._peers.get(sub.session)
+        if peer is not None:
+            peer.subs.pop(sub.request_id, None)
+
+    def _check_ending(self, track: Track) -> None:
+        """PUBLISH_DONE downstream once the publisher's announced streams all arrived (section 9.12 Stream Count);
+        forwarding state goes once those streams have finished too."""
+        done = track.ending
+        if done is None:
+            return
+        if not track.done_sent and track.upstream_streams >= done.stream_count:
+            self._end_track(track, done.status_code, done.reason)
+        if track.done_sent and track.open_streams <= 0:
+            self._release(track)
+
+    def _end_track(self, track: Track, status: int, reason: str) -> None:
+        """The publisher ended the track (or left): PUBLISH_DONE to every subscriber, errors to pending ones.
+        Streams still open keep flowing to the subscribers until they finish (the fan-out list stays)."""
+        track.done_sent = True
+        if self.tracks.get(track.key) is track:
+            del self.tracks[track.key]
+        for sub in track.subscribers:
+            self._forget_request(sub)
+            if not sub.session.closed:
+                sub.session.publish_done(sub.request_id, status, sub.streams_sent, reason)
+        for sub in track.pending:
+            self._forget_request(sub)
+            if not sub.session.closed:
+                sub.session.subscribe_error(sub.request_id, E.SubscribeErrorCode.INTERNAL_ERROR, reason)
+        track.pending.clear()
+
+    def _release(self, track: Track) -> None:
+        """Forget an ended track: no more forwarding, aliases free again, the fast path told."""
+        if track not in self.live:
+            return
+        self.live.discard(track)
+        self.forwarder.unbind(track)
+        for sub in track.subscribers:
+            # streams still open can never finish now (the publisher is gone): reset them (section 10.4)
+            for sid in sub.streams.values():
+                if not sub.session.closed:
+                    sub.session.reset_data_stream(sid, E.ResetStreamCode.SESSION_CLOSED)
+            sub.streams.clear()
+            peer = self._peers.get(sub.session)
+            if peer is not None:
+                peer.aliases.discard(sub.alias)
+            self.hooks.subscriber_removed(track, sub)
+        track.subscribers.clear()
+        track.fanout = ()
+        self.hooks.track_ended(track)
+
+    def _on_closed(self, session: MoqtSession, ev: SessionClosed) -> None:
+        log.info(
+            "session closed: code %#x %s (by %s)", ev.error_code, ev.reason, "peer" if ev.by_peer else "us"
+        )
+        peer = self._peers.pop(session, None)
+        self.router.remove_owner(session)
+        if peer is not None:
+            peer.upstream.clear()
+            for sub in list(peer.subs.values()):
+                self._remove_subscriber(sub)
+        for track in [t for t in self.live if t.publisher is session]:
+            if not track.done_sent:
+                self._end_track(track, E.PublishDoneCode.GOING_AWAY, "publisher went away")
+            self._release(track)
+        self.forwarder.forget_session(session)
+        self.hooks.session_closed(session)
+
+
+def choose_alias(upstream_alias: int, used: set[int]) -> int:
+    """The downstream alias: the publisher's own if free, else the lowest free one of the same varint length
+    (so rewriting never moves bytes), else the lowest free one at all."""
+    if upstream_alias not in used:
+        return upstream_alias
+    lo, hi = _VARINT_RANGES[varint_len(upstream_alias)]
+    for candidate in range(lo, min(hi, lo + len(used) + 1) + 1):
+        if candidate not in used:
+            return candidate
+    candidate = 0
+    while candidate in used:
+        candidate += 1
+    return candidate
