@@ -1,0 +1,124 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * TC ingress, server side (DESIGN section 3): find packets that carry a forwardable MoQT object
+ * of a fast-path track. This step only parses and counts; every packet passes up unchanged
+ * (TC_ACT_OK), including malformed ones (invariant 5). Cloning comes in a later step.
+ */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+
+#define MAPS_SERVER_INGRESS
+#include "maps.h"
+#include "parsing.h"
+#include "structs.h"
+
+/* Set by the loader before load (libbpf-bootstrap's read-only globals). */
+const volatile struct ingress_config cfg = {};
+
+/* Keep the stat enum in the object's BTF so bpf/structs.py can be checked against it. */
+const volatile enum ingress_stat ingress_stat_btf_anchor = ST_MAX;
+
+static __always_inline void count(__u32 stat)
+{
+	__u64 *n = bpf_map_lookup_elem(&ingress_stats, &stat);
+
+	if (n)
+		*n += 1;
+}
+
+/* DCID length configured for a relay port, or -1 when the port is not a relay port. */
+static __always_inline int relay_port_dcid_len(__u32 port)
+{
+#pragma unroll
+	for (int i = 0; i < MAX_RELAY_PORTS; i++) {
+		if (cfg.port[i] == 0)
+			break;
+		if (cfg.port[i] == port)
+			return cfg.dcid_len[i];
+	}
+	return -1;
+}
+
+static __always_inline int classify(struct __sk_buff *skb, struct parse_result *r)
+{
+	struct cursor c;
+	struct cid_key ck = {};
+	struct track_key tk = {};
+	struct upstream_conn *conn;
+	struct fast_track *track;
+	__u32 len = skb->len;
+	int proto, port, dcid_len, st;
+
+	if (len > PARSE_MAX_OFF)
+		return ST_OVERSIZED;
+	cursor_init(&c, skb);
+	if (c.data + len > c.data_end) {
+		/* Non-linear skb: make the whole packet directly readable (rare on ingress). */
+		if (bpf_skb_pull_data(skb, len))
+			return ST_MALFORMED;
+		cursor_init(&c, skb);
+	}
+	c.lim = len;
+
+	proto = parse_ethhdr(&c);
+	if (proto < 0)
+		return ST_OTHER;
+	r->l3_off = c.off;
+	if (proto == ETH_P_IP) {
+		st = parse_ipv4(&c);
+		r->ip_version = 4;
+	} else if (proto == ETH_P_IPV6) {
+		st = parse_ipv6(&c);
+		r->ip_version = 6;
+	} else {
+		return ST_OTHER;
+	}
+	if (st < 0)
+		return st == PARSE_ERR_OTHER ? ST_OTHER : ST_MALFORMED;
+	r->l4_off = c.off;
+	port = parse_udphdr(&c);
+	if (port == PARSE_ERR_MALFORMED)
+		return ST_MALFORMED;
+	dcid_len = relay_port_dcid_len(port);
+	if (dcid_len < 0)
+		return ST_OTHER;
+
+	st = parse_quic_short(&c, dcid_len, &ck, r);
+	if (st != ST_ELIGIBLE)
+		return st;
+	conn = bpf_map_lookup_elem(&upstream_conns, &ck);
+	if (!conn)
+		return ST_UNKNOWN_CONN;
+	r->conn_id = conn->conn_id;
+
+	st = walk_to_datagram(&c, r);
+	if (st != ST_ELIGIBLE)
+		return st;
+	st = parse_moq_object_datagram(&c, r);
+	if (st != ST_ELIGIBLE)
+		return st;
+
+	tk.conn_id = r->conn_id;
+	tk.alias = r->alias;
+	track = bpf_map_lookup_elem(&fast_tracks, &tk);
+	if (!track)
+		return ST_UNKNOWN_TRACK;
+	r->track_id = track->track_id;
+	return ST_ELIGIBLE;
+}
+
+SEC("tc")
+int server_ingress(struct __sk_buff *skb)
+{
+	struct parse_result r = {};
+	__u32 zero = 0;
+	int st = classify(skb, &r);
+
+	count(st);
+	if (st == ST_ELIGIBLE)
+		bpf_map_update_elem(&last_parse, &zero, &r, BPF_ANY);
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,154 @@
+"""Python mirror of ``bpf/src/structs.h`` (ctypes), checked against the compiled objects' BTF.
+
+tests/unit/test_bpf_structs.py compares every class in ``MIRRORS`` (size, field names, offsets, sizes) and
+``IngressStat`` with the BTF of the object files, so a change on one side only fails the tests instead of
+silently corrupting map contents (katran's "must be in sync" comment is the weak spot we avoid).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from enum import IntEnum
+from typing import ClassVar
+
+QUIC_MAX_CID_LEN = 20  # RFC 9000 section 17.2
+MAX_RELAY_PORTS = 4
+FLOOR_MAX_TARGETS = 16
+
+u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
+
+
+class Mirror(ctypes.Structure):
+    """Base of every mirrored struct: ``c_name`` is the struct's name in structs.h."""
+
+    c_name: ClassVar[str] = ""
+
+    def to_bytes(self) -> bytes:
+        return bytes(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Mirror:
+        return cls.from_buffer_copy(data)
+
+    def __repr__(self) -> str:
+        vals = ", ".join(f"{n}={_plain(getattr(self, n))!r}" for n, *_ in self._fields_ if not n.startswith("_"))
+        return f"{type(self).__name__}({vals})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mirror) and type(other) is type(self) and bytes(self) == bytes(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _plain(v: object) -> object:
+    return list(v) if isinstance(v, ctypes.Array) else v
+
+
+class IngressConfig(Mirror):
+    """server_ingress .rodata ``cfg``: relay ports and the DCID length used on each."""
+
+    c_name = "ingress_config"
+    _fields_ = [("port", u16 * MAX_RELAY_PORTS), ("dcid_len", u8 * MAX_RELAY_PORTS)]
+
+
+class CidKey(Mirror):
+    c_name = "cid_key"
+    _fields_ = [("len", u8), ("cid", u8 * QUIC_MAX_CID_LEN), ("_pad0", u8 * 3)]
+
+    @classmethod
+    def of(cls, cid: bytes) -> CidKey:
+        if len(cid) > QUIC_MAX_CID_LEN:
+            raise ValueError(f"connection ID longer than {QUIC_MAX_CID_LEN} bytes")
+        key = cls(len=len(cid))
+        key.cid[: len(cid)] = list(cid)
+        return key
+
+
+class UpstreamConn(Mirror):
+    c_name = "upstream_conn"
+    _fields_ = [("conn_id", u32), ("flags", u32)]
+
+
+class TrackKey(Mirror):
+    c_name = "track_key"
+    _fields_ = [("conn_id", u32), ("_pad0", u32), ("alias", u64)]
+
+
+class FastTrack(Mirror):
+    c_name = "fast_track"
+    _fields_ = [("track_id", u32), ("flags", u32)]
+
+
+class ParseResult(Mirror):
+    c_name = "parse_result"
+    _fields_ = [
+        ("alias", u64),
+        ("group", u64),
+        ("object", u64),
+        ("pn_trunc", u64),
+        ("conn_id", u32),
+        ("track_id", u32),
+        ("l3_off", u16),
+        ("l4_off", u16),
+        ("quic_off", u16),
+        ("frame_off", u16),
+        ("moq_off", u16),
+        ("alias_off", u16),
+        ("payload_end", u16),
+        ("alias_len", u8),
+        ("priority", u8),
+        ("moq_type", u8),
+        ("frame_type", u8),
+        ("dcid_len", u8),
+        ("pn_len", u8),
+        ("ip_version", u8),
+        ("_pad0", u8 * 5),
+    ]
+
+
+class FloorConfig(Mirror):
+    c_name = "floor_config"
+    _fields_ = [("ifindex", u32 * FLOOR_MAX_TARGETS), ("count", u32)]
+
+
+class SelftestEvent(Mirror):
+    c_name = "selftest_event"
+    _fields_ = [("seq", u64), ("len", u32), ("magic", u32)]
+
+
+class SelftestConfig(Mirror):
+    c_name = "selftest_config"
+    _fields_ = [("magic", u32), ("_pad0", u32)]
+
+
+class IngressStat(IntEnum):
+    """Index of the per-CPU ``ingress_stats`` array (enum ingress_stat)."""
+
+    ST_ELIGIBLE = 0
+    ST_OTHER = 1
+    ST_NOT_QUIC = 2
+    ST_LONG_HEADER = 3
+    ST_PROTECTED = 4
+    ST_UNKNOWN_CONN = 5
+    ST_UNKNOWN_FRAME = 6
+    ST_NO_DATAGRAM = 7
+    ST_NOT_OBJECT = 8
+    ST_TRAILING = 9
+    ST_MALFORMED = 10
+    ST_TOO_COMPLEX = 11
+    ST_UNKNOWN_TRACK = 12
+    ST_OVERSIZED = 13
+    ST_MAX = 14
+
+
+MIRRORS: tuple[type[Mirror], ...] = (
+    IngressConfig,
+    CidKey,
+    UpstreamConn,
+    TrackKey,
+    FastTrack,
+    ParseResult,
+    FloorConfig,
+    SelftestEvent,
+    SelftestConfig,
+)
