@@ -22,6 +22,7 @@ from typing import Any
 
 READY = re.compile(r"listening on (moqt://\S+)")
 CA_LINE = re.compile(r"ca: (\S+)")
+PUBLISH_START_DELAY = 5.0  # every subscriber process must be up and subscribed first (2 cores)
 
 
 @dataclass
@@ -91,6 +92,12 @@ def wait_ready(relay: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
     return url, ca
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (/proc/PID/stat fields 14 and 15, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     cfg.out.mkdir(parents=True, exist_ok=True)
     procs = Processes()
@@ -105,38 +112,69 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         pub_json = cfg.out / "publisher.json"
         publisher = procs.start([*relay_argv(), "pub", *common, "--fps", str(cfg.fps), "--gop", str(cfg.fps),
                                  "--bitrate", cfg.bitrate, "--mode", cfg.mode, "--duration", str(cfg.duration),
-                                 "--start-delay", "2", "--json", str(pub_json)])
+                                 "--start-delay", str(PUBLISH_START_DELAY), "--json", str(pub_json)])
         time.sleep(0.5)
         subs = []
         for i in range(cfg.subscribers):
             path = cfg.out / f"sub{i}.json"
-            subs.append((path, procs.start([*relay_argv(), "sub", *common, "--duration", str(cfg.duration + 3),
+            subs.append((path, procs.start([*relay_argv(), "sub", *common, "--duration", str(cfg.duration + PUBLISH_START_DELAY + 3),
                                             "--json", str(path)])))
         start = time.monotonic()
+        # Relay CPU is sampled over the publishing window only (after the start delay, until the publisher exits),
+        # so session set-up is not charged to the objects.
+        cpu_start: float | None = None
+        cpu_end: float | None = None
         while publisher.poll() is None or any(p.poll() is None for _, p in subs):
             elapsed = time.monotonic() - start
-            print(f"\r  running {elapsed:5.1f} s of ~{cfg.duration + 3:.0f} s", end="", flush=True)
-            time.sleep(0.5)
+            if cpu_start is None and elapsed >= PUBLISH_START_DELAY - 0.5:
+                cpu_start = process_cpu_seconds(relay.pid)
+            if cpu_end is None and publisher.poll() is not None:
+                cpu_end = process_cpu_seconds(relay.pid)
+            print(f"\r  running {elapsed:5.1f} s of ~{cfg.duration + PUBLISH_START_DELAY + 3:.0f} s", end="", flush=True)
+            time.sleep(0.25)
             if elapsed > cfg.duration + 30:
                 raise RuntimeError("publisher or subscribers did not finish in time")
         print()
+        if cpu_end is None:
+            cpu_end = process_cpu_seconds(relay.pid)
         published = json.loads(pub_json.read_text()) if pub_json.exists() else {}
-        results = [json.loads(p.read_text()) if p.exists() else {"error": "no report"} for p, _ in subs]
+        results: list[dict[str, Any]] = [json.loads(p.read_text()) if p.exists() else {"errors": ["no report"]}
+                                         for p, _ in subs]
     finally:
         procs.stop_all()
-    report = {"config": {k: str(v) for k, v in vars(cfg).items()}, "published": published, "subscribers": results}
+    copies = sum(int(r.get("objects", 0)) for r in results)
+    relay_cpu = max(0.0, (cpu_end or 0.0) - (cpu_start or 0.0))
+    p50s = [r["latency_ms"]["p50"] for r in results if (r.get("latency_ms") or {}).get("p50") is not None]
+    p99s = [r["latency_ms"]["p99"] for r in results if (r.get("latency_ms") or {}).get("p99") is not None]
+    summary = {
+        "copies_delivered": copies,
+        "relay_cpu_s": round(relay_cpu, 4),
+        "relay_cpu_us_per_copy": round(relay_cpu / copies * 1e6, 2) if copies else None,
+        "latency_ms_p50_median": sorted(p50s)[len(p50s) // 2] if p50s else None,
+        "latency_ms_p99_max": max(p99s) if p99s else None,
+    }
+    report = {"config": {k: str(v) for k, v in vars(cfg).items()}, "published": published, "subscribers": results,
+              "summary": summary}
     (cfg.out / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _ms(value: Any) -> str:
+    return f"{value:9.2f}" if isinstance(value, (int, float)) else f"{'-':>9}"
 
 
 def verdict_table(report: dict[str, Any]) -> str:
     published = report["published"].get("objects", 0)
     lines = [f"{'subscriber':<12}{'objects':>9}{'of':>6}{'decodable':>11}{'p50 ms':>9}{'p99 ms':>9}  errors"]
     for i, sub in enumerate(report["subscribers"]):
-        lat = sub.get("latency_ms", {})
+        lat = sub.get("latency_ms") or {}
+        errors = sub.get("errors", [])
         lines.append(f"{'sub' + str(i):<12}{sub.get('objects', 0):>9}{published:>6}{sub.get('decodable', 0):>11}"
-                     f"{lat.get('p50', float('nan')):>9.2f}{lat.get('p99', float('nan')):>9.2f}  "
-                     f"{len(sub.get('errors', [])) if isinstance(sub.get('errors'), list) else sub.get('errors', '')}")
+                     f"{_ms(lat.get('p50'))}{_ms(lat.get('p99'))}  {len(errors) if isinstance(errors, list) else errors}")
+    summary = report.get("summary", {})
+    if summary.get("relay_cpu_us_per_copy") is not None:
+        lines.append(f"relay CPU {summary['relay_cpu_s']:.3f} s for {summary['copies_delivered']} copies = "
+                     f"{summary['relay_cpu_us_per_copy']:.1f} us per delivered copy (user-space path)")
     return "\n".join(lines)
 
 
@@ -145,6 +183,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="NIC backend for the relay (the simulated-NIC demo with the kernel fast path comes next)")
     parser.add_argument("--subscribers", type=int, default=4, help="number of subscribers (default 4)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of media to publish (default 10)")
+    parser.add_argument("--bitrate", default="2M", help="publisher bitrate (default 2M)")
+    parser.add_argument("--fps", type=int, default=30, help="frames per second (default 30)")
     parser.add_argument("--mode", choices=["datagram", "stream-per-object", "stream-per-group"], default="datagram",
                         help="how the publisher sends objects (default datagram)")
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="where report.json goes (default ./demo-out)")
@@ -154,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
     if args.subscribers < 1:
         print("relay demo: --subscribers must be at least 1", file=sys.stderr)
         return 2
-    cfg = DemoConfig(subscribers=args.subscribers, duration=args.duration, mode=args.mode, out=args.out)
+    cfg = DemoConfig(subscribers=args.subscribers, duration=args.duration, mode=args.mode, out=args.out,
+                     fps=args.fps, bitrate=args.bitrate)
     env_note = "" if os.geteuid() == 0 else " (not root: only the loopback demo can run)"
     print(f"demo: 1 publisher -> {cfg.subscribers} subscribers, {cfg.mode}, {cfg.duration:.0f} s{env_note}")
     report = run_demo(cfg)
