@@ -133,6 +133,8 @@ async def serve_control(installer: KeyInstaller, path: str) -> asyncio.Server:
                 await writer.drain()
         except (ConnectionError, ValueError):
             pass
+        except asyncio.CancelledError:
+            pass  # the engine is shutting down (SIGTERM): the relay sees the socket close, that is the message
         finally:
             writer.close()
 

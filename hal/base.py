@@ -56,6 +56,9 @@ class Hal(Protocol):
     def default_listen(self) -> str | None:
         """HOST:PORT to serve on when the user gave no --listen (the sim knows its relay address), or None."""
 
+    def tls_names(self) -> list[str]:
+        """Names and addresses clients of this backend use for the relay (they go into a generated certificate)."""
+
     def usage_hint(self, url: str) -> str:
         """Lines telling the user how to reach the relay from this backend's world (printed once ready)."""
 

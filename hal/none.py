@@ -26,6 +26,9 @@ class NoneHal:
     def default_listen(self) -> str | None:
         return None
 
+    def tls_names(self) -> list[str]:
+        return []
+
     def usage_hint(self, url: str) -> str:
         return ""
 

@@ -158,7 +158,7 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal) -> in
     else:
         state = args.state_dir or default_state_dir()
         try:
-            paths = ensure_certificates(state, host)
+            paths = ensure_certificates(state, host, hal.tls_names())
         except OSError as exc:
             print(f"relay: cannot write certificates in {state}: {exc}; use --state-dir DIR", file=sys.stderr)
             return 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,13 +61,14 @@ def _leaf_usable(paths: CertPaths, hosts: list[str]) -> bool:
     return all(_san_entry(h) in san for h in hosts)
 
 
-def ensure_certificates(state_dir: str | Path, host: str) -> CertPaths:
-    """ca.pem, cert.pem, key.pem in `state_dir` for `host` (plus localhost names); reuse what is still valid."""
+def ensure_certificates(state_dir: str | Path, host: str, extra_names: Sequence[str] = ()) -> CertPaths:
+    """ca.pem, cert.pem, key.pem in `state_dir` for `host` (plus localhost names and `extra_names`, e.g. the name a
+    simulated network resolves to the relay); reuse what is still valid."""
     d = Path(state_dir)
     d.mkdir(parents=True, exist_ok=True)
     paths = CertPaths(d / "ca.pem", d / "cert.pem", d / "key.pem")
     hosts = [host] if host not in ("", "0.0.0.0", "::") else []
-    hosts += [h for h in ("localhost", "127.0.0.1", "::1") if h not in hosts]
+    hosts += [h for h in ("localhost", "127.0.0.1", "::1", *extra_names) if h not in hosts]
     if _leaf_usable(paths, hosts):
         return paths
     now = datetime.datetime.now(datetime.UTC)
