@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pytest
+from aioquic import tls
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -193,10 +194,12 @@ class Pair:
         return data
 
 
-def make_pair(nic: Any, controller: Any) -> Pair:
+def make_pair(nic: Any, controller: Any, suite: tls.CipherSuite | None = None) -> Pair:
     """Real TLS handshake between an unmodified aioquic client and an offloaded server, through `nic`."""
     cert, key = self_signed()
     server_cfg = QuicConfiguration(is_client=False, alpn_protocols=["moq-00"], max_datagram_frame_size=65536)
+    if suite is not None:
+        server_cfg.cipher_suites = [suite]
     server_cfg.certificate, server_cfg.private_key = cert, key
     client_cfg = QuicConfiguration(is_client=True, alpn_protocols=["moq-00"], max_datagram_frame_size=65536)
     client_cfg.verify_mode = 0

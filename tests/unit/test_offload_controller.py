@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+from aioquic import tls
 
 from crypto_offload.api import Direction, FlowKey
 from crypto_offload.controller import NicOffloadController
@@ -63,8 +64,13 @@ def test_keys_installed_for_every_host_cid_and_the_peer_cid(chain: tuple[Pair, E
     assert FlowKey(Direction.TX, status.peer_cid) in flows
 
 
-def test_media_plaintext_on_host_side_protected_on_wire(chain: tuple[Pair, EngineNic, NicOffloadController]) -> None:
-    pair, nic, _ = chain
+@pytest.mark.parametrize("suite", [tls.CipherSuite.AES_128_GCM_SHA256, tls.CipherSuite.AES_256_GCM_SHA384,
+                                   tls.CipherSuite.CHACHA20_POLY1305_SHA256], ids=lambda s: s.name)
+def test_media_plaintext_on_host_side_protected_on_wire(suite: tls.CipherSuite) -> None:
+    engine = NicCryptoEngine()
+    nic = EngineNic(engine)
+    pair = make_pair(nic, NicOffloadController(engine), suite)
+    assert pair.server.tls.key_schedule is not None and pair.server.tls.key_schedule.cipher_suite == suite
     send_both_ways(pair, b"1")
     assert any(MARKER[:17] in d for d in nic.host_side)
     assert not any(MARKER[:17] in d for d in nic.wire_side)
