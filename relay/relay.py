@@ -7,7 +7,10 @@ the sessions' `on_output` callbacks make the adapter transmit. Draft-14 rules ap
 - SUBSCRIBE is aggregated: one upstream SUBSCRIBE per track, shared by every downstream subscriber; a downstream
   SUBSCRIBE_OK only after the upstream one; TRACK_DOES_NOT_EXIST at once when no publisher covers the namespace;
 - the last UNSUBSCRIBE unsubscribes upstream; PUBLISH_DONE (or the publisher going away) ends every subscriber;
-- objects reach every forwarding subscriber unchanged except the track alias (`Forwarder`, the only per-object code).
+- objects reach every forwarding subscriber unchanged except the track alias (`Forwarder`, the only per-object code);
+- with a cache (`relay.cache`), each track keeps its latest groups as received: late joiners with an absolute filter
+  are served from it, NextGroupStart waits for the next group, FETCH (standalone and joining) is answered from it;
+- with an `Authorizer` (`relay.auth`) and `Limits` (`relay.limits`), requests are refused with their own error codes.
 
 The fast-path controller hooks in through `FastPathHooks`: it hears every subscriber added/removed (with session,
 aliases, priorities) and every session closed, so kernel maps can mirror exactly what user space forwards.
@@ -21,8 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from relay.auth import Action, Authorizer
+from relay.cache import CachedStream, FetchedObject, ObjectCache, TrackCache, datagram_location, stream_group
+from relay.limits import Limits, namespace_bytes
 from relay.moqt import errors as E
 from relay.moqt import messages as M
+from relay.moqt import objects as O
 from relay.moqt.session import (
     ControlMessageReceived,
     DatagramReceived,
@@ -36,7 +43,7 @@ from relay.moqt.session import (
     SessionClosed,
     SessionReady,
 )
-from relay.moqt.varint import encode_varint, varint_len
+from relay.moqt.varint import NeedMoreData, encode_varint, varint_len
 from relay.router import NamespaceTaken, Router
 
 log = logging.getLogger("relay")
@@ -61,6 +68,13 @@ class Downstream:
     streams_sent: int = 0
     # upstream stream id -> our stream id on this subscriber's connection
     streams: dict[int, int] = field(default_factory=dict)
+    request: M.Subscribe | None = None  # the SUBSCRIBE (its filter, section 9.7)
+    # filter gate (section 5.1.2): nothing before `start`, no group after `end_group`; None = open
+    start: M.Location | None = None
+    end_group: int | None = None
+    # the Largest Location in our SUBSCRIBE_OK (where a joining FETCH ends, section 9.16.2)
+    joined_at: M.Location | None = None
+    range_done: bool = False  # an object past end_group arrived: PUBLISH_DONE sent, open streams still finish
 
     def sort_key(self) -> tuple[int, int]:
         return (self.subscriber_priority, self.seq)
@@ -83,10 +97,13 @@ class Track:
     open_streams: int = 0  # ... of which not yet finished or reset
     ending: M.PublishDone | None = None  # the publisher's PUBLISH_DONE, waiting for its streams to arrive
     done_sent: bool = False
+    cache: TrackCache | None = None
+    gated: bool = False  # some forwarding subscriber has a filter gate: check locations per object
 
     def refresh(self) -> None:
         self.subscribers.sort(key=Downstream.sort_key)
         self.fanout = tuple(s for s in self.subscribers if s.forward)
+        self.gated = any(s.start is not None or s.end_group is not None for s in self.fanout)
 
 
 class FastPathHooks(Protocol):
@@ -132,6 +149,17 @@ class _UpStream:
     alias_offset: int
     alias_length: int
     publisher_priority: int
+    cached: CachedStream | None = None
+
+
+def _admits(sub: Downstream, group: int, obj: int) -> bool:
+    """The subscriber's filter lets (group, obj) through; passing a later group than the start opens the gate."""
+    if sub.range_done:
+        return False  # PUBLISH_DONE already counted the streams: nothing new may follow (section 9.12)
+    start = sub.start
+    if start is not None and (group < start.group or (group == start.group and obj < start.object)):
+        return False
+    return sub.end_group is None or group <= sub.end_group
 
 
 class Forwarder:
@@ -141,9 +169,15 @@ class Forwarder:
     object fields); a subgroup stream maps to one stream per subscriber, chunks pass through in order, FIN and
     RESET_STREAM propagate. A kernel fast path later replaces these methods for enabled connections."""
 
-    def __init__(self, on_ending_progress: Callable[[Track], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_ending_progress: Callable[[Track], None] | None = None,
+        on_range_end: Callable[[Downstream], None] | None = None,
+    ) -> None:
         #: called on stream open/close of a track whose publisher already sent PUBLISH_DONE
         self.on_ending_progress = on_ending_progress or (lambda track: None)
+        #: called once per subscriber when an object past its AbsoluteRange end group arrives
+        self.on_range_end = on_range_end or (lambda sub: None)
         self._tracks: dict[
             tuple[MoqtSession, int], Track
         ] = {}  # (publisher session, upstream alias) -> track
@@ -190,10 +224,42 @@ class Forwarder:
         self.datagrams_in += 1
         data, off, end = ev.data, ev.alias_offset, ev.alias_offset + ev.alias_length
         prio = ev.publisher_priority
+        if track.cache is not None:
+            track.cache.add_datagram(data, off, ev.alias_length)
+        if track.gated:
+            self._datagram_gated(track, ev)
+            return
         for sub in track.fanout:
             out = data if sub.alias == ev.track_alias else data[:off] + sub.alias_bytes + data[end:]
             sub.session.send_datagram(out, (sub.subscriber_priority, prio))
         self.copies_out += len(track.fanout)
+
+    def _datagram_gated(self, track: Track, ev: DatagramReceived) -> None:
+        data, off, end = ev.data, ev.alias_offset, ev.alias_offset + ev.alias_length
+        try:
+            group, obj = datagram_location(data, end)
+        except (NeedMoreData, IndexError):
+            return
+        opened = False
+        for sub in track.fanout:
+            if not _admits(sub, group, obj):
+                if sub.end_group is not None and group > sub.end_group and not sub.range_done:
+                    self.on_range_end(sub)
+                continue
+            if sub.start is not None and group > sub.start.group:
+                sub.start, opened = None, True
+            out = data if sub.alias == ev.track_alias else data[:off] + sub.alias_bytes + data[end:]
+            sub.session.send_datagram(out, (sub.subscriber_priority, ev.publisher_priority))
+            self.copies_out += 1
+        if opened:
+            track.refresh()
+
+    def upstream_id(self, track: Track, cached: CachedStream) -> int | None:
+        """The publisher's stream id of a cached stream still arriving (a late joiner continues it live)."""
+        for (session, sid), up in self._streams.items():
+            if up.cached is cached and session is track.publisher:
+                return sid
+        return None
 
     def stream_opened(self, session: MoqtSession, ev: DataStreamOpened) -> None:
         track = self._tracks.get((session, ev.track_alias))
@@ -205,13 +271,31 @@ class Forwarder:
                 )  # fmt: skip
             return
         track.upstream_streams += 1
+        data, off, end = ev.data, ev.alias_offset, ev.alias_offset + ev.alias_length
+        cached = None
+        if track.cache is not None:
+            cached = track.cache.open_stream(data, off, ev.alias_length, ev.publisher_priority)
+            if cached is not None and ev.end_stream:
+                cached.done = True
         if not ev.end_stream:
             track.open_streams += 1
             self._streams[(session, ev.stream_id)] = _UpStream(
-                track, ev.alias_offset, ev.alias_length, ev.publisher_priority
+                track, ev.alias_offset, ev.alias_length, ev.publisher_priority, cached
             )
-        data, off, end = ev.data, ev.alias_offset, ev.alias_offset + ev.alias_length
-        for sub in track.fanout:
+        fanout = track.fanout
+        if track.gated:
+            # stream granularity: a subgroup stream goes whole to the subscribers its group admits
+            group = stream_group(data, end)
+            for s in fanout:
+                if s.end_group is not None and group > s.end_group and not s.range_done:
+                    self.on_range_end(s)
+            fanout = tuple(s for s in fanout if _admits(s, group, 1 << 62))
+            if any(s.start is not None and group > s.start.group for s in fanout):
+                for s in fanout:
+                    if s.start is not None and group > s.start.group:
+                        s.start = None
+                track.refresh()
+        for sub in fanout:
             out = data if sub.alias == ev.track_alias else data[:off] + sub.alias_bytes + data[end:]
             sid = sub.session.open_data_stream(
                 out, ev.end_stream, (sub.subscriber_priority, ev.publisher_priority)
@@ -219,7 +303,7 @@ class Forwarder:
             sub.streams_sent += 1
             if not ev.end_stream:
                 sub.streams[ev.stream_id] = sid
-        self.copies_out += len(track.fanout)
+        self.copies_out += len(fanout)
         if track.ending is not None:
             self.on_ending_progress(track)
 
@@ -233,6 +317,8 @@ class Forwarder:
                 orphan.fin = ev.end_stream
             return
         usid = ev.stream_id
+        if up.cached is not None and up.track.cache is not None:
+            up.track.cache.append(up.cached, ev.data, ev.end_stream)
         for sub in up.track.fanout:
             sid = sub.streams.get(usid)
             if sid is not None:
@@ -275,15 +361,28 @@ class _Peer:
     subs: dict[int, Downstream] = field(default_factory=dict)  # its SUBSCRIBEs to us, by request id
     aliases: set[int] = field(default_factory=set)  # aliases we chose towards it
     upstream: dict[int, Track] = field(default_factory=dict)  # our SUBSCRIBEs to it, by request id
+    fetches: dict[int, int] = field(
+        default_factory=dict
+    )  # its FETCHes we answer: request id -> our stream id
 
 
 class Relay:
     """The user-space relay; plug it into `relay.quic.serve_moqt` as the session handler."""
 
-    def __init__(self, hooks: FastPathHooks | None = None) -> None:
+    def __init__(
+        self,
+        hooks: FastPathHooks | None = None,
+        *,
+        cache: ObjectCache | None = None,
+        auth: Authorizer | None = None,
+        limits: Limits | None = None,
+    ) -> None:
         self.hooks: FastPathHooks = hooks or NoFastPath()
+        self.cache = cache if cache is not None and cache.enabled else None
+        self.auth = auth or Authorizer()
+        self.limits = limits or Limits()
         self.router: Router[MoqtSession] = Router()
-        self.forwarder = Forwarder(self._check_ending)
+        self.forwarder = Forwarder(self._check_ending, self._range_end)
         self.tracks: dict[TrackKey, Track] = {}  # tracks new subscribers can join
         self.live: set[Track] = (
             set()
@@ -314,6 +413,10 @@ class Relay:
             if peer is not None:
                 fw.stream_stopped(session, event, list(peer.subs.values()))
         elif isinstance(event, SessionReady):
+            cap = self.limits.max_sessions
+            if cap and sum(1 for s in self._peers if not s.closed) >= cap:
+                session.close(E.SessionErrorCode.INTERNAL_ERROR, "relay at its session limit")
+                return
             self.peer(session)  # known from setup on, so GOAWAY reaches sessions that never sent a request
         elif isinstance(event, SessionClosed):
             self._on_closed(session, event)
@@ -350,6 +453,17 @@ class Relay:
                 track.ending = msg
                 self._check_ending(track)
         elif isinstance(msg, M.PublishNamespace):
+            refusal = self.auth.check(Action.PUBLISH, msg.track_namespace, msg.parameters)
+            if refusal is not None:
+                session.publish_namespace_error(msg.request_id, int(refusal.code), refusal.reason)
+                return
+            if namespace_bytes(msg.track_namespace) > self.limits.max_namespace_bytes:
+                session.publish_namespace_error(
+                    msg.request_id,
+                    E.PublishNamespaceErrorCode.NOT_SUPPORTED,
+                    "namespace longer than this relay allows",
+                )
+                return
             try:
                 self.router.add(msg.track_namespace, session)
             except NamespaceTaken:
@@ -368,11 +482,42 @@ class Relay:
                 sub.subscriber_priority = msg.subscriber_priority
                 sub.forward = msg.forward
                 sub.track.refresh()
-        elif isinstance(msg, M.Fetch | M.TrackStatus | M.Publish | M.SubscribeNamespace):
+        elif isinstance(msg, M.Fetch):
+            self._on_fetch(peer, msg)
+        elif isinstance(msg, M.FetchCancel):
+            sid = peer.fetches.pop(msg.request_id, None)
+            if sid is not None and not session.closed:
+                session.reset_data_stream(sid, E.ResetStreamCode.CANCELLED)  # no-op once fully acknowledged
+        elif isinstance(msg, M.TrackStatus | M.Publish | M.SubscribeNamespace):
             session.reject_request(msg, E.SubscribeErrorCode.NOT_SUPPORTED, "not supported by this relay")
+
+    def _refuse_subscribe(self, peer: _Peer, msg: M.Subscribe) -> tuple[int, str] | None:
+        """Authorization, limits and filter sanity, before any state is made (section 9.9 codes)."""
+        refusal = self.auth.check(Action.SUBSCRIBE, msg.track_namespace, msg.parameters)
+        if refusal is not None:
+            return int(refusal.code), refusal.reason
+        lim = self.limits
+        if namespace_bytes(msg.track_namespace) > lim.max_namespace_bytes:
+            return E.SubscribeErrorCode.NOT_SUPPORTED, "namespace longer than this relay allows"
+        if namespace_bytes(msg.track_namespace) + len(msg.track_name) > lim.max_track_name_bytes:
+            return E.SubscribeErrorCode.NOT_SUPPORTED, "track name longer than this relay allows"
+        if lim.max_subscriptions_per_session and len(peer.subs) >= lim.max_subscriptions_per_session:
+            return E.SubscribeErrorCode.INTERNAL_ERROR, "subscription limit of this session reached"
+        if (
+            msg.filter_type == M.FilterType.ABSOLUTE_RANGE
+            and msg.start_location is not None
+            and msg.end_group is not None
+            and msg.end_group < msg.start_location.group
+        ):
+            return E.SubscribeErrorCode.INVALID_RANGE, "end group before start group"
+        return None
 
     def _on_subscribe(self, peer: _Peer, msg: M.Subscribe) -> None:
         session = peer.session
+        refused = self._refuse_subscribe(peer, msg)
+        if refused is not None:
+            session.subscribe_error(msg.request_id, refused[0], refused[1])
+            return
         key = (msg.track_namespace, msg.track_name)
         track = self.tracks.get(key)
         if track is None:
@@ -394,10 +539,12 @@ class Relay:
                 session.subscribe_error(msg.request_id, E.SubscribeErrorCode.INTERNAL_ERROR, str(exc))
                 return
             track = self.tracks[key] = Track(key, publisher, rid)
+            if self.cache is not None:
+                track.cache = self.cache.track(key)
             self.live.add(track)
             self.peer(publisher).upstream[rid] = track
         sub = Downstream(
-            session, msg.request_id, msg.subscriber_priority, msg.forward, track, next(self._seq)
+            session, msg.request_id, msg.subscriber_priority, msg.forward, track, next(self._seq), request=msg
         )
         peer.subs[msg.request_id] = sub
         if track.ok is None:
@@ -413,13 +560,155 @@ class Relay:
         sub.alias_bytes = encode_varint(sub.alias)
         peer.aliases.add(sub.alias)
         ok = track.ok
+        largest = self._largest(track)
+        replay = self._apply_filter(sub, largest)
         sub.session.subscribe_ok(
             sub.request_id, sub.alias, expires=ok.expires, group_order=ok.group_order,
-            largest_location=ok.largest_location,
+            largest_location=largest,
         )  # fmt: skip
         track.subscribers.append(sub)
+        if replay and sub.forward:
+            self._replay(track, sub)
         track.refresh()
         self.hooks.subscriber_added(track, sub)
+
+    @staticmethod
+    def _range_end(sub: Downstream) -> None:
+        """AbsoluteRange complete (section 5.1.2): PUBLISH_DONE SUBSCRIPTION_ENDED with the streams sent (9.12). The
+        subscriber stays in the fan-out so streams of its last groups still finish; nothing new is admitted."""
+        sub.range_done = True
+        if not sub.session.closed:
+            sub.session.publish_done(
+                sub.request_id,
+                E.PublishDoneCode.SUBSCRIPTION_ENDED,
+                sub.streams_sent,
+                "end of the requested range",
+            )
+
+    def _largest(self, track: Track) -> M.Location | None:
+        """SUBSCRIBE_OK's Largest Location (section 9.8): the largest object we know of, upstream's or cached."""
+        assert track.ok is not None
+        best = track.ok.largest_location
+        cached = track.cache.largest() if track.cache is not None else None
+        if cached is not None and (best is None or cached > best):
+            best = cached
+        return best
+
+    @staticmethod
+    def _apply_filter(sub: Downstream, largest: M.Location | None) -> bool:
+        """Set the subscriber's gate from its filter (section 5.1.2); True = objects from the cache are due first.
+
+        LargestObject starts after the largest object: everything forwarded from now on qualifies, no gate.
+        NextGroupStart starts at {largest group + 1, 0}. AbsoluteStart / AbsoluteRange start where asked; the part
+        already cached (start <= largest) is replayed from the cache."""
+        sub.joined_at = largest
+        msg = sub.request
+        if msg is None:
+            return False
+        ftype = msg.filter_type
+        if ftype == M.FilterType.NEXT_GROUP_START:
+            sub.start = M.Location(largest.group + 1, 0) if largest is not None else None
+            return False
+        if (
+            ftype in (M.FilterType.ABSOLUTE_START, M.FilterType.ABSOLUTE_RANGE)
+            and msg.start_location is not None
+        ):
+            sub.start = msg.start_location
+            if ftype == M.FilterType.ABSOLUTE_RANGE:
+                sub.end_group = msg.end_group
+            return largest is not None and msg.start_location <= largest and sub.track.cache is not None
+        return False
+
+    def _replay(self, track: Track, sub: Downstream) -> None:
+        """Send a late joiner what the cache holds from its start on, as received (alias spliced); a stream still
+        arriving continues live on the same downstream stream. Afterwards only live objects follow: the gate opens."""
+        tc, start = track.cache, sub.start
+        assert tc is not None and start is not None
+        for g in list(tc.groups.values()):
+            if g.group < start.group or (sub.end_group is not None and g.group > sub.end_group):
+                continue
+            for d in g.datagrams:
+                if (d.group, d.object_id) >= (start.group, start.object):
+                    sub.session.send_datagram(
+                        d.with_alias(sub.alias_bytes), (sub.subscriber_priority, d.data[0])
+                    )
+            for st in g.streams:
+                if g.group == start.group and start.object > 0 and _first_object_id(st) < start.object:
+                    continue  # stream granularity: never send objects before the start
+                usid = None if st.done else self.forwarder.upstream_id(track, st)
+                if not st.done and usid is None:
+                    continue  # reset upstream: incomplete, and nothing more will come
+                sid = sub.session.open_data_stream(
+                    st.with_alias(sub.alias_bytes), st.done, (sub.subscriber_priority, st.publisher_priority)
+                )
+                sub.streams_sent += 1
+                if usid is not None:
+                    sub.streams[usid] = sid
+        if sub.end_group is None or sub.end_group >= start.group:
+            sub.start = None
+
+    # --- FETCH (section 9.16) ---------------------------------------------------------------------------------------
+
+    def _on_fetch(self, peer: _Peer, msg: M.Fetch) -> None:
+        session = peer.session
+        code, reason, found = self._fetch_objects(peer, msg)
+        if code is not None:
+            session.reject_request(msg, code, reason)
+            return
+        if msg.group_order == M.GroupOrder.DESCENDING:  # groups newest first, objects ascending inside (9.16)
+            found.sort(key=lambda o: (-o.location.group, o.location.object))
+            order = M.GroupOrder.DESCENDING
+        else:
+            order = M.GroupOrder.ASCENDING
+        end = max(o.location for o in found)
+        if not session.fetch_ok(msg.request_id, end, group_order=order):
+            return
+        data = O.encode_fetch_header(O.FetchHeader(msg.request_id)) + b"".join(
+            O.encode_fetch_object(o.fetch_object()) for o in found
+        )
+        peer.fetches[msg.request_id] = session.open_data_stream(
+            data, True, (msg.subscriber_priority, found[0].publisher_priority)
+        )
+
+    def _fetch_objects(self, peer: _Peer, msg: M.Fetch) -> tuple[int | None, str, list[FetchedObject]]:
+        """(error code or None, reason, objects) for a FETCH, from the cache only (no upstream FETCH yet)."""
+        FE = E.FetchErrorCode
+        if msg.standalone is not None:
+            sf = msg.standalone
+            key: TrackKey = (sf.track_namespace, sf.track_name)
+            start, end = sf.start_location, sf.end_location
+            # End Location is "the end plus 1"; Object 0 means the whole End Group (section 9.16.1)
+            end_excl = M.Location(end.group + 1, 0) if end.object == 0 else end
+            if end_excl <= start:
+                return FE.INVALID_RANGE, "end before start", []
+        else:
+            j = msg.joining
+            assert j is not None
+            sub = peer.subs.get(j.joining_request_id)
+            if sub is None:
+                return FE.INVALID_JOINING_REQUEST_ID, "no such subscription on this session", []
+            key = sub.track.key
+            largest = sub.joined_at
+            if largest is None:
+                return FE.NO_OBJECTS, "the subscription started with no objects", []
+            if msg.fetch_type == M.FetchType.ABSOLUTE_JOINING:
+                first = j.joining_start
+            else:
+                first = max(0, largest.group - j.joining_start)
+            start = M.Location(first, 0)
+            end_excl = M.Location(largest.group, largest.object + 1)  # up to where the subscription starts
+        refusal = self.auth.check(Action.SUBSCRIBE, key[0], msg.parameters)
+        if refusal is not None:
+            return int(refusal.code), refusal.reason, []
+        tc = self.cache.get(key) if self.cache is not None else None
+        if tc is None:
+            if key in self.tracks or self.router.lookup(key[0]) is not None:
+                return FE.NO_OBJECTS, "nothing cached for this track", []
+            return FE.TRACK_DOES_NOT_EXIST, "no such track", []
+        found = list(tc.objects(start, end_excl))
+        if not found:
+            return FE.NO_OBJECTS, "no cached objects in the range", []
+        return None, "", found
 
     def _on_upstream_ok(self, peer: _Peer, msg: M.SubscribeOk) -> None:
         track = peer.upstream.get(msg.request_id)
@@ -532,6 +821,8 @@ class Relay:
         peer = self._peers.pop(session, None)
         self.router.remove_owner(session)
         if peer is not None:
+            peer.fetches.clear()
+        if peer is not None:
             peer.upstream.clear()
             for sub in list(peer.subs.values()):
                 self._remove_subscriber(sub)
@@ -541,6 +832,15 @@ class Relay:
             self._release(track)
         self.forwarder.forget_session(session)
         self.hooks.session_closed(session)
+
+
+def _first_object_id(st: CachedStream) -> int:
+    """The first Object ID on a cached subgroup stream (parsed on demand: late joiners only)."""
+    parser = O.DataStreamParser()
+    for ev in parser.feed(st.data()):
+        if isinstance(ev, O.SubgroupObject):
+            return ev.object_id
+    return 1 << 62
 
 
 def choose_alias(upstream_alias: int, used: set[int]) -> int:

@@ -23,6 +23,8 @@ from crypto_offload.nic_io import in_netns
 from hal import registry
 from hal.base import Hal, HalError, HalFactory
 from hal.none import NoneFactory
+from relay.cache import ObjectCache
+from relay.config import ConfigError, RelayConfig, load_config
 from relay.quic import ConnectionHooks, MoqtConnection, make_configuration, serve_moqt
 from relay.relay import Relay
 from relay.tls import ensure_certificates
@@ -73,6 +75,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--max-request-id", metavar="N", type=int, default=100, help="requests a peer may have (window)"
     )
+    g.add_argument(
+        "--key-update-every", metavar="SECONDS", type=float, default=None,
+        help="TEST KNOB, not for production: request a QUIC key update (RFC 9001 section 6) on every connection "
+        "every SECONDS, to exercise a NIC's key-phase handling",
+    )  # fmt: skip
+    g.add_argument(
+        "--config", metavar="FILE", default=None,
+        help="TOML file: cache sizes, limits, tokens per namespace (see docs/operations-config.md)",
+    )  # fmt: skip
     g.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for QUIC details)")
     for factory in backends.values():
         factory.configure(parser)
@@ -107,6 +118,12 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--cert and --key go together (or leave both out to have certificates made for you)")
     if args.max_request_id < 1:
         return _fail("--max-request-id must be at least 1")
+    if args.key_update_every is not None and args.key_update_every <= 0:
+        return _fail("--key-update-every must be a positive number of seconds")
+    try:  # a bad file is refused before anything starts
+        args.relay_config = load_config(args.config) if getattr(args, "config", None) else RelayConfig()
+    except ConfigError as exc:
+        return _fail(str(exc))
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -170,11 +187,16 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal) -> in
         config.cipher_suites = [
             tls.CipherSuite(int(s)) for s in sorted(controller.installer.capabilities().suites)
         ]
-    relay = Relay()
+    rc: RelayConfig = getattr(args, "relay_config", None) or RelayConfig()
+    relay = Relay(cache=ObjectCache(rc.cache), auth=rc.authorizer(), limits=rc.limits)
+    # with --config, [limits] max_requests_per_session replaces --max-request-id
+    max_request_id = (
+        rc.limits.max_requests_per_session if getattr(args, "config", None) else args.max_request_id
+    )
     try:
         server = await serve_moqt(
             host, port, configuration=config, handler=relay, hooks=hooks,
-            max_request_id=args.max_request_id,
+            max_request_id=max_request_id,
         )  # fmt: skip
     except OSError as exc:
         print(f"relay: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
@@ -189,7 +211,12 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal) -> in
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    rekeying = None
+    if args.key_update_every is not None:
+        rekeying = asyncio.create_task(_key_updates(server.connections, args.key_update_every))
     await stop.wait()
+    if rekeying is not None:
+        rekeying.cancel()
     relay.goaway_all()
     for conn in list(server.connections):
         conn.transmit()
@@ -199,3 +226,13 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal) -> in
     await asyncio.sleep(0.05)
     server.close()
     return 0
+
+
+async def _key_updates(connections: set[MoqtConnection], every: float) -> None:
+    """`--key-update-every` (a test knob): start a key update on every connection periodically, so tests see the
+    relay initiate phase changes the NIC must follow. aioquic defers the update until the handshake is confirmed."""
+    while True:
+        await asyncio.sleep(every)
+        for conn in list(connections):
+            conn._quic.request_key_update()
+            conn.transmit()

@@ -701,6 +701,37 @@ class MoqtSession:
         self._end_by_namespace(self._received, namespace)
         self._send_control(M.PublishNamespaceCancel(namespace, code, reason))
 
+    def fetch(
+        self,
+        subscriber_priority: int = 128,
+        group_order: int = M.GroupOrder.PUBLISHER,
+        *,
+        standalone: M.StandaloneFetch | None = None,
+        joining: M.JoiningFetch | None = None,
+        fetch_type: int = M.FetchType.STANDALONE,
+        parameters: M.Parameters = (),
+    ) -> int:
+        """Send FETCH (section 9.16); returns its request id. (Objects arrive on a FETCH_HEADER stream.)"""
+        return self._new_request(
+            RequestKind.FETCH,
+            lambda rid: M.Fetch(rid, subscriber_priority, group_order, fetch_type, standalone, joining, parameters),
+        )
+
+    def fetch_ok(
+        self,
+        request_id: int,
+        end_location: M.Location,
+        *,
+        group_order: int = M.GroupOrder.ASCENDING,
+        end_of_track: bool = False,
+        parameters: M.Parameters = (),
+    ) -> bool:
+        """Answer a FETCH with FETCH_OK (section 9.17); False when the peer already cancelled it."""
+        if not self._answer(request_id, RequestKind.FETCH, Input.OK):
+            return False
+        self._send_control(M.FetchOk(request_id, group_order, end_of_track, end_location, parameters))
+        return True
+
     def reject_request(self, message: M.ControlMessage, code: int, reason: str) -> None:
         """Answer a request kind we do not serve (FETCH, TRACK_STATUS, PUBLISH, SUBSCRIBE_NAMESPACE) with its error."""
         rid: int = message.request_id  # type: ignore[union-attr]

@@ -198,6 +198,8 @@ class SessionClient:
         self.ready: asyncio.Future[None] = self._loop.create_future()
         self._pending: dict[int, tuple[str, asyncio.Future[M.ControlMessage]]] = {}
         self._aliases: dict[int, int] = {}  # track alias (from SUBSCRIBE_OK) -> our request id
+        #: parameters added to every request (e.g. AUTHORIZATION TOKEN, set by `--token`)
+        self.request_parameters: M.Parameters = ()
         self._early: list[S.ObjectReceived] = []  # objects that overtook their SUBSCRIBE_OK
         self._closed = False
         protocol.set_event_handler(self._on_event)
@@ -276,7 +278,7 @@ class SessionClient:
     # --- MoqtClient ---------------------------------------------------------------------------------------------
 
     async def publish_namespace(self, namespace: tuple[bytes, ...]) -> None:
-        reply = await self._request("PUBLISH_NAMESPACE", lambda: self._moqt.publish_namespace(namespace))
+        reply = await self._request("PUBLISH_NAMESPACE", lambda: self._moqt.publish_namespace(namespace, self.request_parameters))
         if isinstance(reply, M.PublishNamespaceError):
             raise RequestRejected(
                 "PUBLISH_NAMESPACE", reply.error_code, reply.reason, error_name(reply.error_code, {})
@@ -290,7 +292,10 @@ class SessionClient:
         holder: list[int] = []
 
         def send() -> int:
-            rid = self._moqt.subscribe(namespace, track, subscriber_priority=priority, filter_type=filter_type)
+            rid = self._moqt.subscribe(
+                namespace, track, subscriber_priority=priority, filter_type=filter_type,
+                parameters=self.request_parameters,
+            )  # fmt: skip
             holder.append(rid)
             return rid
 
@@ -335,6 +340,25 @@ class SessionClient:
     def finish_stream(self, stream: int) -> None:
         if not self._closed:
             self._moqt.end_subgroup(stream)
+
+    # --- QUIC transport triggers (for tests of NICs that follow key phases and connection IDs) -----------------
+
+    def request_key_update(self) -> None:
+        """Start a 1-RTT key update (RFC 9001 section 6): the next packet leaves in the other key phase."""
+        if not self._closed:
+            self._p._quic.request_key_update()
+            self._p.transmit()
+
+    def change_connection_id(self) -> bool:
+        """Move to the next connection ID the relay issued and retire the old one (RFC 9000 section 5.1.2);
+        False when the relay has issued no spare connection ID (nothing changes then)."""
+        if self._closed:
+            return False
+        quic = self._p._quic
+        before = quic._peer_cid.cid
+        quic.change_connection_id()
+        self._p.transmit()
+        return bool(quic._peer_cid.cid != before)
 
     async def close(self) -> None:
         """Close after what we queued has reached the peer: aioquic drops unsent stream data on close, and the

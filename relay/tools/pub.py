@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from relay.auth import use_token
 from relay.tools.client import (
     MoqtClient,
     SessionClosed,
@@ -161,6 +162,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fill", help="payload filler text (default: random bytes)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random filler")
     parser.add_argument("--json", type=Path, help="write what was published to this file")
+    parser.add_argument("--token", help="authorization token for PUBLISH_NAMESPACE (see docs/operations-config.md)")
 
 
 def namespace_tuple(text: str) -> tuple[bytes, ...]:
@@ -183,6 +185,7 @@ class PubConfig:
     fill: bytes | None
     seed: int
     json_path: Path | None
+    token: bytes | None = None
 
 
 def config_from_args(args: argparse.Namespace) -> PubConfig:
@@ -204,6 +207,7 @@ def config_from_args(args: argparse.Namespace) -> PubConfig:
         args.fill.encode() if args.fill else None,
         args.seed,
         args.json,
+        args.token.encode() if getattr(args, "token", None) else None,
     )
 
 
@@ -234,6 +238,7 @@ async def publish(cfg: PubConfig, connect_client: Callable[[Endpoint], Awaitable
     notice and tell its subscribers itself.
     """
     client = await connect_client(cfg.endpoint)
+    use_token(client, cfg.token)
     stats = PublishStats()
     senders: dict[int, TrackSender] = {}
     served = 0

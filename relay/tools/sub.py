@@ -15,8 +15,9 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+from relay.auth import use_token
 from relay.tools.client import (
     PUBLISH_DONE_NAMES,
     MoqtClient,
@@ -43,6 +44,15 @@ UNSUBSCRIBE_GRACE_S = 0.5
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTEGRITY = 0, 1, 2, 3
 
 
+@runtime_checkable
+class TransportTriggers(Protocol):
+    """QUIC-level actions a test can trigger mid-stream (the real SessionClient has them; in-memory fakes not)."""
+
+    def request_key_update(self) -> None: ...
+
+    def change_connection_id(self) -> bool: ...
+
+
 @dataclass(frozen=True)
 class SubConfig:
     endpoint: Endpoint
@@ -58,6 +68,9 @@ class SubConfig:
     unsubscribe_after: float | None = None
     wait: float = 0.0
     unsubscribe_after_objects: int | None = None
+    key_update_after: int | None = None
+    change_cid_after: int | None = None
+    token: bytes | None = None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +90,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subscribers", type=int, default=1, help="independent sessions in this process")
     parser.add_argument("--unsubscribe-after", type=float, help="send UNSUBSCRIBE after S seconds, keep listening")
     parser.add_argument("--unsubscribe-after-objects", type=int, help="send UNSUBSCRIBE after N objects")
+    parser.add_argument("--token", help="authorization token for the SUBSCRIBE (see docs/operations-config.md)")
     parser.add_argument("--dump", type=Path, help="write one JSON line per object (ids, priority, sha256)")
+    parser.add_argument("--key-update-after", type=int, metavar="N",
+                        help="request a QUIC key update (RFC 9001 section 6) after N objects (testing)")
+    parser.add_argument("--change-cid-after", type=int, metavar="N",
+                        help="switch to a new QUIC connection ID (RFC 9000 section 5.1.2) after N objects (testing)")
 
 
 def config_from_args(args: argparse.Namespace) -> SubConfig:
@@ -88,6 +106,10 @@ def config_from_args(args: argparse.Namespace) -> SubConfig:
         raise UsageError("--subscribers must be at least 1")
     if not 0 <= args.priority <= 255:
         raise UsageError("--priority must be 0-255 (an 8-bit field)")
+    for name in ("key_update_after", "change_cid_after"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     return SubConfig(
         endpoint,
         namespace_tuple(args.namespace),
@@ -102,6 +124,9 @@ def config_from_args(args: argparse.Namespace) -> SubConfig:
         args.unsubscribe_after,
         args.wait,
         args.unsubscribe_after_objects,
+        getattr(args, "key_update_after", None),
+        getattr(args, "change_cid_after", None),
+        args.token.encode() if getattr(args, "token", None) else None,
     )
 
 
@@ -173,11 +198,13 @@ async def subscribe_one(
     started = loop.time()
     stats = SubscriberStats(dump=[] if cfg.dump_path is not None else None)
     client = await connect_client(cfg.endpoint)
+    use_token(client, cfg.token)
     done: PublishDone | None = None
     closed: str | None = None
     unsubscribed_at: int | None = None
     unsubscribed_time = 0.0
     late = 0
+    key_updates = cid_changes = 0
     try:
         request_id = await subscribe_when_announced(client, cfg)
         deadline = started + cfg.duration
@@ -202,6 +229,10 @@ async def subscribe_one(
                 if limit is not None and unsubscribed_at is None and stats.objects >= limit:
                     client.unsubscribe(request_id)
                     unsubscribed_at, unsubscribed_time = stats.objects, loop.time()
+                if stats.objects == cfg.key_update_after:
+                    key_updates += _trigger(client, "request_key_update")
+                if stats.objects == cfg.change_cid_after:
+                    cid_changes += _trigger(client, "change_connection_id")
                 if cfg.max_objects is not None and stats.objects >= cfg.max_objects:
                     break
                 if done is not None and done.stream_count and len(stats.streams) >= done.stream_count:
@@ -232,5 +263,14 @@ async def subscribe_one(
         session_closed=closed,
         objects_after_unsubscribe=None if unsubscribed_at is None else stats.objects - unsubscribed_at,
         objects_late_after_unsubscribe=None if unsubscribed_at is None else late,
+        key_updates_requested=key_updates,
+        cid_changes_requested=cid_changes,
         _dump=stats.dump or [],
     )
+
+
+def _trigger(client: MoqtClient, action: str) -> int:
+    """Run one QUIC transport trigger; 1 when it took effect (the report counts these, so tests see a no-op)."""
+    if not isinstance(client, TransportTriggers):
+        raise ToolError(f"this client cannot {action.replace('_', ' ')}")
+    return 0 if getattr(client, action)() is False else 1
