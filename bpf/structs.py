@@ -14,6 +14,11 @@ from typing import ClassVar
 QUIC_MAX_CID_LEN = 20  # RFC 9000 section 17.2
 MAX_RELAY_PORTS = 4
 FLOOR_MAX_TARGETS = 16
+TRACK_SUBS_PER_TRACK = 64
+EGRESS_MAX_DCID_LENS = 4
+FASTPATH_MARK_MAGIC = 0xFA000000  # skb->mark of a clone: magic | upstream DCID length << 16 | slot
+NO_LARGEST_ACKED = (1 << 64) - 1  # downstream_conn.largest_acked before the first ACK
+REG_KIND_CLONE, REG_KIND_USER = 1, 2
 
 u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
 
@@ -106,6 +111,83 @@ class ParseResult(Mirror):
     ]
 
 
+class SubTarget(Mirror):
+    """One copy target: downstream_conns slot and the client-side device index."""
+
+    c_name = "sub_target"
+    _fields_ = [("slot", u32), ("ifindex", u32)]
+
+
+class TrackSubs(Mirror):
+    """track_subs value: the fast-path subscribers of one track."""
+
+    c_name = "track_subs"
+    _fields_ = [("count", u32), ("_pad0", u32), ("sub", SubTarget * TRACK_SUBS_PER_TRACK)]
+
+
+class DownstreamConn(Mirror):
+    """downstream_conns value: what client_egress writes into a copy (addresses in network order); user-owned."""
+
+    c_name = "downstream_conn"
+    _fields_ = [
+        ("largest_acked", u64),
+        ("alias", u64),
+        ("eth_dst", u8 * 6),
+        ("eth_src", u8 * 6),
+        ("ip_version", u8),
+        ("dcid_len", u8),
+        ("dcid", u8 * QUIC_MAX_CID_LEN),
+        ("alias_len", u8),
+        ("enabled", u8),
+        ("key_phase", u8),
+        ("prio_set", u8),
+        ("priority_threshold", u8),
+        ("_pad0", u8 * 3),
+        ("sport", u16),
+        ("dport", u16),
+        ("src_ip", u8 * 16),
+        ("dst_ip", u8 * 16),
+        ("_pad1", u8 * 2),
+        ("conn_index", u32),
+        ("_pad2", u32),
+    ]
+
+
+class DownstreamState(Mirror):
+    """downstream_state value: the program's PN counter and tx counters for one slot (kernel-owned)."""
+
+    c_name = "downstream_state"
+    _fields_ = [("next_pn", u64), ("tx_packets", u64), ("tx_bytes", u64), ("dropped", u64)]
+
+
+class RegEvent(Mirror):
+    """reg_events record: one packet sent with a program-assigned packet number."""
+
+    c_name = "reg_event"
+    _fields_ = [
+        ("ts_ns", u64),
+        ("pn", u64),
+        ("orig_pn", u64),
+        ("slot", u32),
+        ("size", u32),
+        ("kind", u8),
+        ("pn_len", u8),
+        ("_pad0", u8 * 6),
+    ]
+
+
+class EgressConfig(Mirror):
+    """client_egress .rodata ``egress_cfg``: relay client-side ports, DCID lengths to try (0xff ends)."""
+
+    c_name = "egress_config"
+    _fields_ = [("port", u16 * MAX_RELAY_PORTS), ("dcid_len", u8 * EGRESS_MAX_DCID_LENS)]
+
+
+class DownstreamCid(Mirror):
+    c_name = "downstream_cid"
+    _fields_ = [("slot", u32), ("_pad0", u32)]
+
+
 class FloorConfig(Mirror):
     c_name = "floor_config"
     _fields_ = [("ifindex", u32 * FLOOR_MAX_TARGETS), ("count", u32)]
@@ -138,7 +220,27 @@ class IngressStat(IntEnum):
     ST_TOO_COMPLEX = 11
     ST_UNKNOWN_TRACK = 12
     ST_OVERSIZED = 13
-    ST_MAX = 14
+    ST_CLONED = 14
+    ST_CLONE_FAILED = 15
+    ST_MAX = 16
+
+
+class EgressStat(IntEnum):
+    """Index of the per-CPU ``egress_stats`` array (enum egress_stat)."""
+
+    EG_PASS = 0
+    EG_CLONE_SENT = 1
+    EG_USER_RENUMBERED = 2
+    EG_NO_SUBSCRIBER = 3
+    EG_DISABLED = 4
+    EG_PRIORITY_DROP = 5
+    EG_PN_UNENCODABLE = 6
+    EG_ALIAS_LEN = 7
+    EG_MALFORMED = 8
+    EG_UNSUPPORTED = 9
+    EG_ADJUST_FAILED = 10
+    EG_RING_FULL = 11
+    EG_MAX = 12
 
 
 MIRRORS: tuple[type[Mirror], ...] = (
@@ -148,6 +250,13 @@ MIRRORS: tuple[type[Mirror], ...] = (
     TrackKey,
     FastTrack,
     ParseResult,
+    SubTarget,
+    TrackSubs,
+    DownstreamConn,
+    DownstreamState,
+    RegEvent,
+    EgressConfig,
+    DownstreamCid,
     FloorConfig,
     SelftestEvent,
     SelftestConfig,

@@ -15,6 +15,10 @@
 /* Capacities. */
 #define UPSTREAM_CONNS_MAX 1024   /* DCIDs of upstream connections: ~one per publisher connection ID in use */
 #define FAST_TRACKS_MAX 8192      /* fast-path (connection, alias) pairs over all publishers */
+#define TRACK_SUBS_MAX FAST_TRACKS_MAX /* one subscriber list per fast-path track (64 slots each) */
+#define DOWNSTREAM_CONNS_MAX 4096 /* subscriber slots (a slot must fit the mark's 16 bits) */
+#define DOWNSTREAM_CIDS_MAX 4096  /* subscriber DCIDs in use by enabled connections */
+#define REG_EVENTS_BYTES (1 << 20) /* registration ring: 1 MiB = ~21k records of 48 bytes */
 
 #ifdef MAPS_SERVER_INGRESS
 /* DCID (as issued by the relay) -> upstream connection. Filled by the fast-path controller when an
@@ -51,6 +55,68 @@ struct {
 	__type(key, __u32);
 	__type(value, struct parse_result);
 } last_parse SEC(".maps");
+
+/* track id -> its fast-path subscribers (up to TRACK_SUBS_PER_TRACK each); a track without an
+ * entry has no copies. Filled by the controller after SUBSCRIBE_OK (invariant 3). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TRACK_SUBS_MAX);
+	__type(key, __u32);
+	__type(value, struct track_subs);
+} track_subs SEC(".maps");
+#endif
+
+#ifdef MAPS_CLIENT_EGRESS
+/* slot -> downstream connection state (addresses, DCID, alias, PN counter). A hash, so that a
+ * removed subscriber is absent, not zeroed: a copy for a missing slot is dropped (invariant 3). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DOWNSTREAM_CONNS_MAX);
+	__type(key, __u32);
+	__type(value, struct downstream_conn);
+} downstream_conns SEC(".maps");
+
+/* conn_index -> packet-number counter and tx counters of one downstream connection (kernel-owned;
+ * see struct downstream_state). Same capacity as slots: at most one connection per slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DOWNSTREAM_CONNS_MAX);
+	__type(key, __u32);
+	__type(value, struct downstream_state);
+} downstream_state SEC(".maps");
+
+/* Subscriber DCID -> slot, to renumber user-space 1-RTT packets of enabled connections. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DOWNSTREAM_CIDS_MAX);
+	__type(key, struct cid_key);
+	__type(value, struct downstream_cid);
+} downstream_cids SEC(".maps");
+
+/* Counters indexed by enum egress_stat. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EG_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} egress_stats SEC(".maps");
+
+/* Registration records (struct reg_event) for the user-space registration loop. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, REG_EVENTS_BYTES);
+} reg_events SEC(".maps");
+
+/* Scratch for the UDP checksum: 512-byte chunks of the segment plus 4 bytes of zero padding. */
+struct csum_scratch {
+	__u8 buf[516];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct csum_scratch);
+} csum_scratch SEC(".maps");
 #endif
 
 #ifdef MAPS_FLOOR

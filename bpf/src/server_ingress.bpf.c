@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * TC ingress, server side (DESIGN section 3): find packets that carry a forwardable MoQT object
- * of a fast-path track. This step only parses and counts; every packet passes up unchanged
- * (TC_ACT_OK), including malformed ones (invariant 5). Cloning comes in a later step.
+ * of a fast-path track and clone each one once per downstream subscriber of the track to the
+ * client-side port's egress (client_egress.bpf.c rewrites the copy). The original always passes up
+ * unchanged (TC_ACT_OK), including malformed packets (invariant 5).
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -108,6 +109,39 @@ static __always_inline int classify(struct __sk_buff *skb, struct parse_result *
 	return ST_ELIGIBLE;
 }
 
+/* One clone per subscriber of the track. The slot (and the upstream DCID length, which the egress
+ * parser needs) ride in skb->mark: bpf_clone_redirect copies it into the clone, nothing is shared
+ * between CPUs, and it holds whatever queueing happens between the two hooks. The original's mark
+ * is restored afterwards. */
+static __always_inline void fan_out(struct __sk_buff *skb, const struct parse_result *r)
+{
+	__u32 track_id = r->track_id, mark = skb->mark, ok = 0, failed = 0;
+	struct track_subs *subs = bpf_map_lookup_elem(&track_subs, &track_id);
+	__u64 *n;
+	__u32 key;
+
+	if (!subs)
+		return;
+	for (int i = 0; i < TRACK_SUBS_PER_TRACK; i++) {
+		if (i >= subs->count)
+			break;
+		skb->mark = FASTPATH_MARK_MAGIC | ((__u32)r->dcid_len << 16) | (subs->sub[i].slot & 0xffff);
+		if (bpf_clone_redirect(skb, subs->sub[i].ifindex, 0))
+			failed++;
+		else
+			ok++;
+	}
+	skb->mark = mark;
+	key = ST_CLONED;
+	n = bpf_map_lookup_elem(&ingress_stats, &key);
+	if (n)
+		*n += ok;
+	key = ST_CLONE_FAILED;
+	n = bpf_map_lookup_elem(&ingress_stats, &key);
+	if (n)
+		*n += failed;
+}
+
 SEC("tc")
 int server_ingress(struct __sk_buff *skb)
 {
@@ -116,8 +150,10 @@ int server_ingress(struct __sk_buff *skb)
 	int st = classify(skb, &r);
 
 	count(st);
-	if (st == ST_ELIGIBLE)
+	if (st == ST_ELIGIBLE) {
 		bpf_map_update_elem(&last_parse, &zero, &r, BPF_ANY);
+		fan_out(skb, &r);
+	}
 	return TC_ACT_OK;
 }
 

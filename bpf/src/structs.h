@@ -19,6 +19,17 @@
 #define MAX_RELAY_PORTS 4
 /* How many devices the floor program clones every packet to. */
 #define FLOOR_MAX_TARGETS 16
+/* Downstream subscribers one fast-path track fans out to (track_subs value). */
+#define TRACK_SUBS_PER_TRACK 64
+/* DCID lengths the client-side egress tries for user-space packets (egress_config). */
+#define EGRESS_MAX_DCID_LENS 4
+
+/* How a clone carries its subscriber slot from server ingress to client egress: skb->mark (copied
+ * by bpf_clone_redirect, needs no shared map, survives any queueing between the two programs).
+ * bits 31..24 FASTPATH_MARK_MAGIC, 23..16 the upstream DCID length (short headers carry none,
+ * RFC 9000 section 17.3.1), 15..0 the downstream_conns slot. */
+#define FASTPATH_MARK_MAGIC 0xfa000000u
+#define FASTPATH_MARK_MASK 0xff000000u
 
 /* Read-only configuration of server_ingress.bpf.c (the `cfg` global in .rodata, set before load).
  * Short headers carry no DCID length (RFC 9000 section 17.3.1), so each relay port has the
@@ -80,6 +91,87 @@ struct parse_result {
 	__u8 _pad0[5];
 };
 
+/* One downstream copy target: the subscriber slot (downstream_conns key) and the client-side port. */
+struct sub_target {
+	__u32 slot;                        /* downstream_conns index */
+	__u32 ifindex;                     /* client-side device the copy leaves by (egress) */
+};
+
+/* Value of the track_subs map: the fast-path subscribers of one track (key: fast_track.track_id). */
+struct track_subs {
+	__u32 count;                       /* entries of sub used, 0..TRACK_SUBS_PER_TRACK */
+	__u32 _pad0;
+	struct sub_target sub[TRACK_SUBS_PER_TRACK];
+};
+
+/* Value of the downstream_conns map (key: slot = one subscription of one downstream connection,
+ * since the track alias is per subscription): everything the client egress writes into a copy.
+ * Written only by user space (the controller may rewrite it whole at any time: largest_acked, the
+ * threshold, the key phase); what the program counts lives in downstream_state, so such an update
+ * can never roll the packet-number counter back (invariant 1). Addresses in network byte order,
+ * ports in host order. */
+struct downstream_conn {
+	__u64 largest_acked;               /* largest PN the subscriber acknowledged; ~0 = none yet */
+	__u64 alias;                       /* MoQT track alias on this session (draft-14 section 9.4.2) */
+	__u8 eth_dst[6];                   /* subscriber-side next hop */
+	__u8 eth_src[6];                   /* client-side port */
+	__u8 ip_version;                   /* 4 or 6: must match the copy (no family change yet) */
+	__u8 dcid_len;                     /* 0..20: the subscriber's connection ID */
+	__u8 dcid[QUIC_MAX_CID_LEN];
+	__u8 alias_len;                    /* encoded length of alias: 1, 2, 4 or 8 (RFC 9000 section 16) */
+	__u8 enabled;                      /* 1: the program is the PN authority (invariant 1) */
+	__u8 key_phase;                    /* 0 or 1: Key Phase bit (RFC 9000 section 17.3.1) */
+	__u8 prio_set;                     /* 1: priority_threshold is in force */
+	__u8 priority_threshold;           /* drop objects whose publisher priority is greater */
+	__u8 _pad0[3];
+	__u16 sport;                       /* relay's client-side UDP port */
+	__u16 dport;                       /* subscriber's UDP port */
+	__u8 src_ip[16];                   /* IPv4 in the first 4 bytes */
+	__u8 dst_ip[16];
+	__u8 _pad1[2];
+	__u32 conn_index;                  /* downstream_state index: one per downstream connection,
+					    * shared by all its slots (one PN counter, invariant 1) */
+	__u32 _pad2;
+};
+
+/* Value of the downstream_state array (index: downstream_conn.conn_index): owned by the program once the controller
+ * seeded next_pn before enabling the slot; updated with atomic adds only. */
+struct downstream_state {
+	__u64 next_pn;                     /* next packet number to assign (RFC 9000 section 12.3) */
+	__u64 tx_packets;                  /* packets this program sent on the connection */
+	__u64 tx_bytes;
+	__u64 dropped;                     /* copies dropped for this subscriber (any reason) */
+};
+
+/* Ring-buffer record of client_egress: one per packet sent with a program-assigned PN, so user
+ * space registers it in the connection's sent history (DESIGN section 1, invariant 2). */
+struct reg_event {
+	__u64 ts_ns;                       /* bpf_ktime_get_ns() when sent */
+	__u64 pn;                          /* full packet number assigned */
+	__u64 orig_pn;                     /* truncated PN the packet had (user-space packets: to re-key) */
+	__u32 slot;                        /* downstream_conns slot */
+	__u32 size;                        /* bytes of the frame as sent (skb->len) */
+	__u8 kind;                         /* REG_KIND_CLONE or REG_KIND_USER */
+	__u8 pn_len;                       /* encoded PN length used, 1..4 */
+	__u8 _pad0[6];
+};
+
+#define REG_KIND_CLONE 1
+#define REG_KIND_USER 2
+
+/* Read-only configuration of client_egress.bpf.c: the relay's client-side ports and the DCID
+ * lengths of downstream connections (to find user-space packets of enabled connections). */
+struct egress_config {
+	__u16 port[MAX_RELAY_PORTS];       /* UDP source port of the relay, host order; 0 ends */
+	__u8 dcid_len[EGRESS_MAX_DCID_LENS]; /* lengths to try, 0xff ends */
+};
+
+/* Key of downstream_cids: the subscriber's DCID -> slot (user-space packets carry no mark). */
+struct downstream_cid {
+	__u32 slot;
+	__u32 _pad0;
+};
+
 /* Read-only configuration of floor.bpf.c. */
 struct floor_config {
 	__u32 ifindex[FLOOR_MAX_TARGETS];  /* devices to clone every packet to (egress) */
@@ -116,7 +208,26 @@ enum ingress_stat {
 	ST_TOO_COMPLEX,                    /* more frames or ACK ranges than the bounded walk takes */
 	ST_UNKNOWN_TRACK,                  /* alias not in fast_tracks */
 	ST_OVERSIZED,                      /* longer than the parser's offset bound (PARSE_MAX_OFF) */
+	ST_CLONED,                         /* one per copy handed to a client-side port */
+	ST_CLONE_FAILED,                   /* bpf_clone_redirect refused (device gone, ...) */
 	ST_MAX,
+};
+
+/* Indexes of the per-CPU egress_stats array of client_egress. */
+enum egress_stat {
+	EG_PASS = 0,                       /* not a fast-path packet: untouched */
+	EG_CLONE_SENT,                     /* a copy rewritten and sent */
+	EG_USER_RENUMBERED,                /* a user-space 1-RTT packet renumbered and sent */
+	EG_NO_SUBSCRIBER,                  /* copy whose slot has no state: dropped (invariant 3) */
+	EG_DISABLED,                       /* copy for a connection not enabled: dropped */
+	EG_PRIORITY_DROP,                  /* publisher priority above the subscriber's threshold */
+	EG_PN_UNENCODABLE,                 /* PN too far from largest acked for 4 bytes (invariant 1) */
+	EG_ALIAS_LEN,                      /* subscriber alias needs another varint length */
+	EG_MALFORMED,                      /* a marked copy that does not parse as a MoQT datagram */
+	EG_UNSUPPORTED,                    /* IP family change, or resize with IPv4 options */
+	EG_ADJUST_FAILED,                  /* bpf_skb_adjust_room or a store failed */
+	EG_RING_FULL,                      /* no room for the registration record: not sent */
+	EG_MAX,
 };
 
 #endif /* MOQ_BPF_STRUCTS_H */

@@ -14,7 +14,7 @@ from bpf.loader import map_types_from_btf
 from bpf.structs import MIRRORS, CidKey, FastTrack, IngressStat, Mirror, ParseResult, TrackKey
 from tests.support import REPO, have_tool, require
 
-OBJECTS = ("server_ingress", "floor", "selftest")
+OBJECTS = ("server_ingress", "floor", "selftest", "client_egress")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,174 @@
+"""Fast-path controller: the domain verbs that fill the kernel programs' maps (docs/fastpath.md).
+
+Only this class writes `upstream_conns`, `fast_tracks`, `track_subs` (server_ingress) and `downstream_conns`,
+`downstream_state`, `downstream_cids` (client_egress). The order of writes is what keeps the invariants:
+a subscriber's counter is seeded and its state written before any clone can name its slot, and a removed
+subscriber leaves every fan-out list before its state goes (invariant 3: a copy in flight is then dropped, never
+sent with stale addresses). Map capacity errors surface as `FastPathFull` so the caller keeps that subscriber on
+the slow path (invariant 6). Not here yet: the SUBSCRIBE_OK/UNSUBSCRIBE wiring and the registration loop.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bpf.structs import (
+    NO_LARGEST_ACKED,
+    QUIC_MAX_CID_LEN,
+    TRACK_SUBS_PER_TRACK,
+    CidKey,
+    DownstreamCid,
+    DownstreamConn,
+    DownstreamState,
+    FastTrack,
+    SubTarget,
+    TrackKey,
+    TrackSubs,
+    UpstreamConn,
+)
+
+SLOT_MAX = 4096  # DOWNSTREAM_CONNS_MAX in bpf/src/maps.h (a slot also fits the 16-bit mark field)
+
+
+class MapLike(Protocol):
+    """What the controller needs of a BPF map (bpf.loader.Map, or a dict-backed fake in unit tests)."""
+
+    def lookup(self, key: Any) -> Any: ...
+
+    def update(self, key: Any, value: Any, flags: int = 0) -> None: ...
+
+    def delete(self, key: Any) -> bool: ...
+
+
+class FastPathFull(Exception):
+    """A fast-path capacity is exhausted: keep this subscription on the slow path."""
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """Where a downstream connection's packets go: L2 next hop, IP and UDP endpoints."""
+
+    eth_src: bytes
+    eth_dst: bytes
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
+    sport: int
+    dport: int
+
+    def __post_init__(self) -> None:
+        if self.src.version != self.dst.version:
+            raise ValueError("source and destination must be the same IP version")
+        if len(self.eth_src) != 6 or len(self.eth_dst) != 6:
+            raise ValueError("MAC addresses are 6 bytes")
+
+
+def _alias_len(alias: int) -> int:
+    """RFC 9000 section 16: the shortest varint length for the alias."""
+    for n in (1, 2, 4, 8):
+        if alias < 1 << (8 * n - 2):
+            return n
+    raise ValueError("alias does not fit a varint")
+
+
+@dataclass
+class FastPathController:
+    """Domain verbs over the two programs' maps (``ingress``: server_ingress maps, ``egress``: client_egress)."""
+
+    ingress: Mapping[str, MapLike]
+    egress: Mapping[str, MapLike]
+    _tracks_of_slot: dict[int, set[int]] = field(default_factory=dict)
+
+    def add_upstream(self, dcid: bytes, conn_id: int) -> None:
+        """An upstream connection ID the relay issued; its packets become candidates."""
+        self.ingress["upstream_conns"].update(CidKey.of(dcid), UpstreamConn(conn_id=conn_id))
+
+    def add_track(self, conn_id: int, alias: int, track_id: int) -> None:
+        """Objects with ``alias`` on upstream ``conn_id`` are fast-path track ``track_id``."""
+        self.ingress["fast_tracks"].update(TrackKey(conn_id=conn_id, alias=alias), FastTrack(track_id=track_id))
+
+    def remove_track(self, conn_id: int, alias: int, track_id: int) -> None:
+        self.ingress["fast_tracks"].delete(TrackKey(conn_id=conn_id, alias=alias))
+        self.ingress["track_subs"].delete(track_id)
+        for tracks in self._tracks_of_slot.values():
+            tracks.discard(track_id)
+
+    def add_subscriber(
+        self, slot: int, track_id: int, ifindex: int, addresses: Addresses, dcid: bytes, alias: int,
+        next_pn: int, conn_index: int | None = None, key_phase: int = 0, seed_pn: bool = True,
+    ) -> None:
+        """Subscription ``slot`` of a downstream connection to ``track_id``, leaving by device ``ifindex``.
+        ``conn_index`` names the connection's PN counter (default: the slot); pass ``seed_pn=False`` for a
+        second subscription of a connection whose counter the program already owns."""
+        if not 0 <= slot < SLOT_MAX:
+            raise ValueError(f"slot must be below {SLOT_MAX}")
+        if len(dcid) > QUIC_MAX_CID_LEN:
+            raise ValueError("connection ID longer than 20 bytes")
+        index = slot if conn_index is None else conn_index
+        subs = self.ingress["track_subs"].lookup(track_id) or TrackSubs()
+        if subs.count >= TRACK_SUBS_PER_TRACK:
+            raise FastPathFull(f"track {track_id} has {TRACK_SUBS_PER_TRACK} fast-path subscribers")
+        if seed_pn:
+            self.egress["downstream_state"].update(index, DownstreamState(next_pn=next_pn))
+        conn = DownstreamConn(
+            largest_acked=NO_LARGEST_ACKED, alias=alias, ip_version=addresses.src.version, dcid_len=len(dcid),
+            alias_len=_alias_len(alias), enabled=1, key_phase=key_phase, sport=addresses.sport,
+            dport=addresses.dport, conn_index=index,
+        )
+        conn.eth_dst[:], conn.eth_src[:] = list(addresses.eth_dst), list(addresses.eth_src)
+        conn.dcid[: len(dcid)] = list(dcid)
+        ip_len = 4 if addresses.src.version == 4 else 16
+        conn.src_ip[:ip_len], conn.dst_ip[:ip_len] = list(addresses.src.packed), list(addresses.dst.packed)
+        self.egress["downstream_conns"].update(slot, conn)
+        self.egress["downstream_cids"].update(CidKey.of(dcid), DownstreamCid(slot=slot))
+        subs.sub[subs.count] = SubTarget(slot=slot, ifindex=ifindex)
+        subs.count += 1
+        self.ingress["track_subs"].update(track_id, subs)  # last: clones start only now
+        self._tracks_of_slot.setdefault(slot, set()).add(track_id)
+
+    def remove_subscriber(self, slot: int) -> None:
+        """Stop the copies first (fan-out lists), then the state; a copy already cloned is dropped."""
+        for track_id in sorted(self._tracks_of_slot.pop(slot, set())):
+            subs = self.ingress["track_subs"].lookup(track_id)
+            if subs is None:
+                continue
+            kept = [subs.sub[i] for i in range(subs.count) if subs.sub[i].slot != slot]
+            if not kept:
+                self.ingress["track_subs"].delete(track_id)
+                continue
+            new = TrackSubs(count=len(kept))
+            for i, target in enumerate(kept):
+                new.sub[i] = SubTarget(slot=target.slot, ifindex=target.ifindex)
+            self.ingress["track_subs"].update(track_id, new)
+        conn = self.egress["downstream_conns"].lookup(slot)
+        if conn is not None:
+            self.egress["downstream_cids"].delete(CidKey.of(bytes(conn.dcid[: conn.dcid_len])))
+            self.egress["downstream_conns"].delete(slot)
+
+    def _modify(self, slot: int, **fields: int) -> None:
+        conn = self.egress["downstream_conns"].lookup(slot)
+        if conn is None:
+            raise KeyError(f"no fast-path subscriber in slot {slot}")
+        for name, value in fields.items():
+            setattr(conn, name, value)
+        self.egress["downstream_conns"].update(slot, conn)  # never holds the PN counter: safe to rewrite
+
+    def set_largest_acked(self, slot: int, pn: int) -> None:
+        """RFC 9000 A.2 needs it: the program picks PN lengths against it (invariant 1)."""
+        self._modify(slot, largest_acked=pn)
+
+    def set_priority_threshold(self, slot: int, threshold: int | None) -> None:
+        """Drop objects whose publisher priority is greater than ``threshold``; None turns it off."""
+        if threshold is not None and not 0 <= threshold <= 255:
+            raise ValueError("priority is one byte")
+        self._modify(slot, prio_set=int(threshold is not None), priority_threshold=threshold or 0)
+
+    def set_key_phase(self, slot: int, phase: int) -> None:
+        self._modify(slot, key_phase=phase & 1)
+
+    def next_pn(self, conn_index: int) -> int:
+        """The program's counter: the next packet number it will assign on that connection."""
+        state = self.egress["downstream_state"].lookup(conn_index)
+        return 0 if state is None else int(state.next_pn)
