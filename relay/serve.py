@@ -155,6 +155,7 @@ def _hal_hooks(hal: Hal) -> tuple[ConnectionHooks, NicOffloadController | None]:
     installer = hal.key_installer()
     if installer is None:
         return ConnectionHooks(), None
+    log = logging.getLogger("relay.hal")
     controller = NicOffloadController(installer)
 
     def made(conn: MoqtConnection) -> None:
@@ -163,6 +164,11 @@ def _hal_hooks(hal: Hal) -> tuple[ConnectionHooks, NicOffloadController | None]:
     def lost(conn: MoqtConnection) -> None:
         quic = conn._quic
         if isinstance(quic, OffloadedQuicConnection):
+            st = quic.offload_status()
+            mode = "offloaded" if st.rx_offloaded and st.tx_offloaded else "software"
+            log.info("connection %s: 1-RTT protection %s (NIC-verified rx %d, plaintext tx %d, software rx %d tx %d, "
+                     "key updates %d)", quic.host_cid.hex(), mode, st.rx_plaintext_packets, st.tx_plaintext_packets,
+                     st.rx_software_packets, st.tx_software_packets, st.key_updates)
             quic.offload_release()
 
     return ConnectionHooks(connection_made=made, connection_lost=lost), controller
