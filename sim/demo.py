@@ -112,13 +112,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         pub_json = cfg.out / "publisher.json"
         publisher = procs.start([*relay_argv(), "pub", *common, "--fps", str(cfg.fps), "--gop", str(cfg.fps),
                                  "--bitrate", cfg.bitrate, "--mode", cfg.mode, "--duration", str(cfg.duration),
-                                 "--start-delay", str(PUBLISH_START_DELAY), "--json", str(pub_json)])
+                                 "--start-delay", str(PUBLISH_START_DELAY), "--json", str(pub_json)],
+                                stdout=subprocess.DEVNULL)
         time.sleep(0.5)
         subs = []
         for i in range(cfg.subscribers):
             path = cfg.out / f"sub{i}.json"
             subs.append((path, procs.start([*relay_argv(), "sub", *common, "--duration", str(cfg.duration + PUBLISH_START_DELAY + 3),
-                                            "--json", str(path)])))
+                                            "--json", str(path)], stdout=subprocess.DEVNULL)))
         start = time.monotonic()
         # Relay CPU is sampled over the publishing window only (after the start delay, until the publisher exits),
         # so session set-up is not charged to the objects.
