@@ -144,8 +144,25 @@ class FastPathController:
             self.ingress["track_subs"].update(track_id, new)
         conn = self.egress["downstream_conns"].lookup(slot)
         if conn is not None:
-            self.egress["downstream_cids"].delete(CidKey.of(bytes(conn.dcid[: conn.dcid_len])))
+            # Invariant 1: while another subscription of the same connection remains, the connection's own packets
+            # must keep being renumbered, so its CID entry moves to that slot (first) instead of disappearing.
+            cid = CidKey.of(bytes(conn.dcid[: conn.dcid_len]))
+            sibling = self._sibling_slot(slot, conn.conn_index)
+            if sibling is None:
+                self.egress["downstream_cids"].delete(cid)
+            else:
+                self.egress["downstream_cids"].update(cid, DownstreamCid(slot=sibling))
             self.egress["downstream_conns"].delete(slot)
+
+    def _sibling_slot(self, slot: int, conn_index: int) -> int | None:
+        """Another live slot that shares `conn_index` (the same downstream connection), if any."""
+        for other in sorted(self._tracks_of_slot):
+            if other == slot:
+                continue
+            state = self.egress["downstream_conns"].lookup(other)
+            if state is not None and state.conn_index == conn_index:
+                return other
+        return None
 
     def _modify(self, slot: int, **fields: int) -> None:
         conn = self.egress["downstream_conns"].lookup(slot)
