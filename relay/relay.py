@@ -115,6 +115,13 @@ class FastPathHooks(Protocol):
     def session_closed(self, session: MoqtSession) -> None: ...
 
 
+class UpstreamSource(Protocol):
+    """Where SUBSCRIBEs go when no local publisher covers the namespace (cascading relays, `relay.upstream`)."""
+
+    def session(self) -> MoqtSession | None: ...
+    def count_subscribe(self, namespace: M.Namespace, track: bytes) -> None: ...
+
+
 class NoFastPath:
     """Default hooks: everything stays in user space."""
 
@@ -389,6 +396,8 @@ class Relay:
         )  # every track with forwarding state (incl. ended ones with open streams)
         self._peers: dict[MoqtSession, _Peer] = {}
         self._seq = itertools.count()
+        #: the upstream relay for namespaces no local publisher covers (relay.upstream.UpstreamLink), or None
+        self.upstream: UpstreamSource | None = None
 
     # --- adapter entry points ---------------------------------------------------------------------------------------
 
@@ -522,14 +531,17 @@ class Relay:
         track = self.tracks.get(key)
         if track is None:
             route = self.router.lookup(msg.track_namespace)
-            if route is None:
+            # cascading (relay.upstream): no local publisher -> ask the upstream relay, if one is configured and up
+            up = self.upstream.session() if route is None and self.upstream is not None else None
+            if route is None and up is None:
                 session.subscribe_error(
                     msg.request_id,
                     E.SubscribeErrorCode.TRACK_DOES_NOT_EXIST,
                     "no publisher for this namespace",
                 )
                 return
-            publisher = route[1]
+            publisher = route[1] if route is not None else up
+            assert publisher is not None
             try:
                 rid = publisher.subscribe(
                     msg.track_namespace, msg.track_name, subscriber_priority=msg.subscriber_priority,
@@ -538,6 +550,8 @@ class Relay:
             except RequestBlocked as exc:
                 session.subscribe_error(msg.request_id, E.SubscribeErrorCode.INTERNAL_ERROR, str(exc))
                 return
+            if publisher is up and self.upstream is not None:
+                self.upstream.count_subscribe(msg.track_namespace, msg.track_name)
             track = self.tracks[key] = Track(key, publisher, rid)
             if self.cache is not None:
                 track.cache = self.cache.track(key)

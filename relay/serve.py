@@ -25,9 +25,10 @@ from hal.base import Hal, HalError, HalFactory
 from hal.none import NoneFactory
 from relay.cache import ObjectCache
 from relay.config import ConfigError, RelayConfig, load_config
-from relay.quic import ConnectionHooks, MoqtConnection, make_configuration, serve_moqt
+from relay.quic import ConnectionHooks, MoqtConnection, make_configuration, parse_url, serve_moqt
 from relay.relay import Relay
 from relay.tls import ensure_certificates
+from relay.upstream import UpstreamLink
 
 GOAWAY_GRACE = 0.5  # seconds between GOAWAY and closing the sessions on shutdown
 
@@ -84,6 +85,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--config", metavar="FILE", default=None,
         help="TOML file: cache sizes, limits, tokens per namespace (see docs/operations-config.md)",
     )  # fmt: skip
+    g.add_argument(
+        "--upstream", metavar="URL", default=None,
+        help="cascade: SUBSCRIBEs for namespaces no local publisher announced go to this upstream relay "
+        "(moqt://HOST:PORT), through one session, one upstream subscription per track (see docs/cascade.md)",
+    )  # fmt: skip
+    g.add_argument("--upstream-ca", metavar="FILE", default=None, help="CA (PEM) that signed the upstream's cert")
+    g.add_argument(
+        "--insecure-upstream", action="store_true",
+        help="do not verify the upstream relay's certificate (tests only)",
+    )  # fmt: skip
     g.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for QUIC details)")
     for factory in backends.values():
         factory.configure(parser)
@@ -120,6 +131,15 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--max-request-id must be at least 1")
     if args.key_update_every is not None and args.key_update_every <= 0:
         return _fail("--key-update-every must be a positive number of seconds")
+    if getattr(args, "upstream", None):
+        try:
+            parse_url(args.upstream)
+        except ValueError as exc:
+            return _fail(f"--upstream: {exc}")
+        if args.upstream_ca and args.insecure_upstream:
+            return _fail("--upstream-ca and --insecure-upstream exclude each other")
+    elif getattr(args, "upstream_ca", None) or getattr(args, "insecure_upstream", False):
+        return _fail("--upstream-ca / --insecure-upstream need --upstream URL")
     try:  # a bad file is refused before anything starts
         args.relay_config = load_config(args.config) if getattr(args, "config", None) else RelayConfig()
     except ConfigError as exc:
@@ -207,6 +227,13 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal) -> in
     except OSError as exc:
         print(f"relay: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    link: UpstreamLink | None = None
+    if getattr(args, "upstream", None):
+        link = UpstreamLink(
+            args.upstream, relay, ca=args.upstream_ca, insecure=bool(args.insecure_upstream)
+        )
+        relay.upstream = link
+        link.start()
     shown = f"[{host}]" if ":" in host else host
     print(f"listening on moqt://{shown}:{server.port}", flush=True)
     print(f"ca: {ca}", flush=True)
@@ -223,6 +250,8 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal) -> in
     await stop.wait()
     if rekeying is not None:
         rekeying.cancel()
+    if link is not None:
+        await link.stop()
     relay.goaway_all()
     for conn in list(server.connections):
         conn.transmit()
