@@ -24,7 +24,7 @@ from tests.integration.relay_process import (
     relay_env,
     running_relay,
 )
-from tests.integration.test_pubsub import finish, reports, stop, tool, wait_line
+from tests.integration.test_pubsub import finish, reports, run_round, stop, tool, wait_line
 from tests.support import REPO, require
 
 NAMESPACE = "live/cam1"
@@ -59,24 +59,8 @@ def downstream_of(up: RelayProcess, state_dir: Path, insecure: bool = False) -> 
 
 def run_chain(edge: RelayProcess, origin: RelayProcess, tmp_path: Path, mode: str, subscribers: int) -> None:
     """Publish 60 objects on `origin`, subscribe on `edge`: every subscriber gets all of them, then PUBLISH_DONE."""
-    pub_json, sub_json = tmp_path / "pub.json", tmp_path / "sub.json"
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        publisher = tool(origin, "pub", "--namespace", NAMESPACE, "--track", "video", "--mode", mode, "--fps", "30",
-                         "--gop", "10", "--duration", "2", "--start-delay", "3", "--json", str(pub_json),
-                         *MODE_ARGS[mode])
-        procs.append(publisher)
-        pub_out = wait_line(publisher, "announced", 10)
-        subs = tool(edge, "sub", "--namespace", NAMESPACE, "--track", "video", "--duration", "10",
-                    "--subscribers", str(subscribers), "--json", str(sub_json))
-        procs.append(subs)
-        finish(publisher, 15, "relay pub", origin, pub_out)
-        status, _ = finish(subs, 15, "relay sub", edge)
-    finally:
-        for proc in procs:
-            stop(proc)
-    assert json.loads(pub_json.read_text())["generated"] == 60
-    got = reports(sub_json)
+    published, got, status = run_round(origin, edge, tmp_path, mode, subscribers, sub_duration=10)
+    assert published["generated"] == 60
     assert len(got) == subscribers
     for r in got:
         where = json.dumps(r)[:1500]

@@ -85,27 +85,33 @@ def relay(tmp_path: Path) -> Any:
         yield proc
 
 
-@pytest.mark.parametrize("mode", list(MODE_ARGS))
-def test_one_publisher_twenty_subscribers(relay: RelayProcess, tmp_path: Path, mode: str) -> None:
+def run_round(origin: RelayProcess, edge: RelayProcess, tmp_path: Path, mode: str, subscribers: int,
+              sub_duration: float = 12) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """Publish 60 objects (2 s, 30 fps, GOP 10) on `origin`, subscribe `subscribers` sessions on `edge` (the same
+    relay, or one chained to it); returns the publisher's report, the subscribers' reports and `relay sub`'s status."""
     pub_json, sub_json = tmp_path / "pub.json", tmp_path / "sub.json"
     procs: list[subprocess.Popen[str]] = []
     try:
-        publisher = tool(relay, "pub", "--namespace", NAMESPACE, "--track", "video", "--mode", mode, "--fps", "30",
+        publisher = tool(origin, "pub", "--namespace", NAMESPACE, "--track", "video", "--mode", mode, "--fps", "30",
                          "--gop", "10", "--duration", "2", "--start-delay", "3", "--json", str(pub_json),
                          *MODE_ARGS[mode])
         procs.append(publisher)
         pub_out = wait_line(publisher, "announced", 10)
-        subscribers = tool(relay, "sub", "--namespace", NAMESPACE, "--track", "video", "--duration", "12",
-                           "--subscribers", str(FANOUT), "--json", str(sub_json))
-        procs.append(subscribers)
-        finish(publisher, 15, "relay pub", relay, pub_out)
-        status, _ = finish(subscribers, 15, "relay sub", relay)
+        subs = tool(edge, "sub", "--namespace", NAMESPACE, "--track", "video", "--duration", str(sub_duration),
+                    "--subscribers", str(subscribers), "--json", str(sub_json))
+        procs.append(subs)
+        finish(publisher, 15, "relay pub", origin, pub_out)
+        status, _ = finish(subs, 15, "relay sub", edge)
     finally:
         for proc in procs:
             stop(proc)
-    published = json.loads(pub_json.read_text())
+    return json.loads(pub_json.read_text()), reports(sub_json), status
+
+
+@pytest.mark.parametrize("mode", list(MODE_ARGS))
+def test_one_publisher_twenty_subscribers(relay: RelayProcess, tmp_path: Path, mode: str) -> None:
+    published, got, status = run_round(relay, relay, tmp_path, mode, FANOUT)
     assert published["generated"] == 60 and not published["aborted"]
-    got = reports(sub_json)
     assert len(got) == FANOUT
     for i, r in enumerate(got):
         where = f"subscriber {i}: {json.dumps(r)[:1500]}"
