@@ -154,6 +154,9 @@ class StateStore:
 
     def remove(self, prefix: str) -> None:
         self.path(prefix).unlink(missing_ok=True)
+        # A process ended between writing `<prefix>.tmp<pid>` and renaming it (see save) leaves the temporary behind.
+        for tmp in self.root.glob(f"{prefix}.tmp*"):
+            tmp.unlink(missing_ok=True)
 
     def prefixes(self) -> list[str]:
         if not self.root.is_dir():

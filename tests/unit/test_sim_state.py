@@ -79,3 +79,12 @@ def test_list_renders_nodes_shaping_and_nic_mode() -> None:
     assert "sub0" in text and "10mbit loss=2% down" in text and "198.19.0.1" in text
     assert "incomplete" in text  # not complete: tells the user how to clean up
     assert "relay sim up" in render([])
+
+
+def test_remove_also_clears_a_temporary_left_by_a_killed_save(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    (tmp_path / "tq1.json").write_text("{}")
+    (tmp_path / "tq1.tmp4242").write_text("{")
+    (tmp_path / "tq10.tmp7").write_text("{")  # another prefix's: must stay
+    store.remove("tq1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tq10.tmp7"]
