@@ -108,6 +108,15 @@ def run_round(origin: RelayProcess, edge: RelayProcess, tmp_path: Path, mode: st
     return json.loads(pub_json.read_text()), reports(sub_json), status
 
 
+def assert_ended_by_publish_done(got: list[dict[str, Any]], subscribers: int) -> None:
+    """Every subscriber received something, saw no error, and was ended by PUBLISH_DONE, not by its --duration."""
+    assert len(got) == subscribers
+    for r in got:
+        assert r["objects"] > 0 and r["errors"] == [], r
+        assert r["publish_done"] is not None, r
+        assert r["elapsed_s"] < 15, r
+
+
 @pytest.mark.parametrize("mode", list(MODE_ARGS))
 def test_one_publisher_twenty_subscribers(relay: RelayProcess, tmp_path: Path, mode: str) -> None:
     published, got, status = run_round(relay, relay, tmp_path, mode, FANOUT)
@@ -173,12 +182,7 @@ def test_publisher_gone_sends_publish_done_to_every_subscriber(relay: RelayProce
     finally:
         for proc in procs:
             stop(proc)
-    got = reports(sub_json)
-    assert len(got) == 5
-    for r in got:
-        assert r["objects"] > 0 and r["errors"] == [], r
-        assert r["publish_done"] is not None, r  # from the relay: the publisher never sent one
-        assert r["elapsed_s"] < 15, r  # ended by PUBLISH_DONE, not by --duration
+    assert_ended_by_publish_done(reports(sub_json), 5)  # from the relay: the publisher never sent one
 
 
 def test_subscribe_error_names_the_code_and_exits_1(relay: RelayProcess) -> None:

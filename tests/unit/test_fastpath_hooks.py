@@ -4,6 +4,7 @@ dict-backed maps that store raw bytes (as the kernel does), so the tests read ba
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -154,7 +155,8 @@ def test_publisher_gone_removes_everything(net: Net) -> None:
     assert s.maps["downstream_conns"].data == {} and s.tp.bound == {}
 
 
-def test_two_tracks_of_one_connection_share_its_counter(net: Net) -> None:
+def _two_tracks_on_one_offloaded_connection(net: Net) -> tuple[Any, Any]:
+    """One offloaded subscriber connection holding two fast-path subscriptions (video, audio) of one publisher."""
     s = _setup(net)
     pub = s.world.publisher()
     a = s.world.client("a")
@@ -166,6 +168,11 @@ def test_two_tracks_of_one_connection_share_its_counter(net: Net) -> None:
     a.session.subscribe(NS, b"audio")
     s.world.net.pump()
     s.world.accept(pub, 7)
+    return s, a
+
+
+def test_two_tracks_of_one_connection_share_its_counter(net: Net) -> None:
+    s, a = _two_tracks_on_one_offloaded_connection(net)
     conns = [s.ctl.egress["downstream_conns"].lookup(slot) for slot in s.tp.bound]
     assert len(conns) == 2 and conns[0].conn_index == conns[1].conn_index
     assert s.tp.enabled == [a.peer.session]  # numbering handed over once
@@ -228,17 +235,7 @@ def _empty_but_counters(s: Setup) -> bool:
 
 def test_removing_one_track_keeps_the_connections_renumbering(net: Net) -> None:
     """Invariant 1: while any slot of a connection remains, its user-space packets must still be renumbered."""
-    s = _setup(net)
-    pub = s.world.publisher()
-    a = s.world.client("a")
-    assert a.peer is not None
-    s.tp.offloaded.add(a.peer.session)
-    a.session.subscribe(NS, b"video")
-    s.world.net.pump()
-    s.world.accept(pub, 6)
-    a.session.subscribe(NS, b"audio")
-    s.world.net.pump()
-    s.world.accept(pub, 7)
+    s, a = _two_tracks_on_one_offloaded_connection(net)
     a.session.unsubscribe(a.messages(M.SubscribeOk)[0].request_id)
     s.world.net.pump()
     assert len(s.tp.bound) == 1
