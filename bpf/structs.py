@@ -160,6 +160,13 @@ class DownstreamState(Mirror):
     _fields_ = [("next_pn", u64), ("tx_packets", u64), ("tx_bytes", u64), ("dropped", u64)]
 
 
+class ObjectKey(Mirror):
+    """cloned_objects key: one object of one fast-path track that server_ingress cloned."""
+
+    c_name = "object_key"
+    _fields_ = [("track_id", u32), ("_pad0", u32), ("group", u64), ("object", u64)]
+
+
 class RegEvent(Mirror):
     """reg_events record: one packet sent with a program-assigned packet number."""
 
@@ -255,6 +262,7 @@ MIRRORS: tuple[type[Mirror], ...] = (
     DownstreamConn,
     DownstreamState,
     RegEvent,
+    ObjectKey,
     EgressConfig,
     DownstreamCid,
     FloorConfig,

@@ -130,6 +130,9 @@ class OffloadedQuicConnection(QuicConnection):
         self._offload_key_updates = 0
         self._offload_cids: tuple[frozenset[bytes], bytes] | None = None
         self._offload_released = False
+        #: set once a kernel program numbers this connection's packets (relay.fastpath_runtime): the NIC must then
+        #: expand PNs from the program's counter, not from aioquic's (which has moved out of the way)
+        self.offload_pn_source: Callable[[], int] | None = None
 
     @classmethod
     def adopt(cls, quic: QuicConnection, offload: OffloadController) -> OffloadedQuicConnection:
@@ -147,7 +150,10 @@ class OffloadedQuicConnection(QuicConnection):
         return quic
 
     def offload_next_tx_pn(self) -> int:
-        """The packet number aioquic sends next (one counter for all packet spaces in aioquic)."""
+        """The packet number the connection sends next: aioquic's (one counter for all packet spaces), or the
+        kernel program's once it owns the numbering."""
+        if self.offload_pn_source is not None:
+            return int(self.offload_pn_source())
         return int(self._packet_number)
 
     def offload_largest_rx_pn(self) -> int:

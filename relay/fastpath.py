@@ -1,11 +1,18 @@
 """Fast-path controller: the domain verbs that fill the kernel programs' maps (docs/fastpath.md).
 
 Only this class writes `upstream_conns`, `fast_tracks`, `track_subs` (server_ingress) and `downstream_conns`,
-`downstream_state`, `downstream_cids` (client_egress). The order of writes is what keeps the invariants:
-a subscriber's counter is seeded and its state written before any clone can name its slot, and a removed
-subscriber leaves every fan-out list before its state goes (invariant 3: a copy in flight is then dropped, never
-sent with stale addresses). Map capacity errors surface as `FastPathFull` so the caller keeps that subscriber on
-the slow path (invariant 6). Not here yet: the SUBSCRIBE_OK/UNSUBSCRIBE wiring and the registration loop.
+`downstream_state`, `downstream_cids` (client_egress). Two kinds of `downstream_conns` slots:
+
+- a **connection slot** per enabled downstream connection (`enable_connection`): seeds its PN counter and owns its
+  `downstream_cids` entry, so the program renumbers every user-space 1-RTT packet of the connection from then until
+  the connection closes (`disable_connection`), whatever its subscriptions do (invariant 1);
+- a **subscription slot** per fast-path subscription (`add_subscriber`): what a copy needs (alias, addresses), and
+  the connection's `conn_index`, hence the same PN sequence.
+
+The order of writes is what keeps the invariants: a subscription's state is written before any clone can name its
+slot, and a removed subscription leaves every fan-out list before its state goes (invariant 3: a copy in flight is
+then dropped, never sent with stale addresses). Map capacity errors surface as `FastPathFull` so the caller keeps
+that subscriber on the slow path (invariant 6).
 """
 
 from __future__ import annotations
@@ -73,6 +80,19 @@ def _alias_len(alias: int) -> int:
     raise ValueError("alias does not fit a varint")
 
 
+def _conn_state(addresses: Addresses, dcid: bytes, alias: int, conn_index: int, key_phase: int) -> DownstreamConn:
+    conn = DownstreamConn(
+        largest_acked=NO_LARGEST_ACKED, alias=alias, ip_version=addresses.src.version, dcid_len=len(dcid),
+        alias_len=_alias_len(alias), enabled=1, key_phase=key_phase & 1, sport=addresses.sport,
+        dport=addresses.dport, conn_index=conn_index,
+    )
+    conn.eth_dst[:], conn.eth_src[:] = list(addresses.eth_dst), list(addresses.eth_src)
+    conn.dcid[: len(dcid)] = list(dcid)
+    ip_len = 4 if addresses.src.version == 4 else 16
+    conn.src_ip[:ip_len], conn.dst_ip[:ip_len] = list(addresses.src.packed), list(addresses.dst.packed)
+    return conn
+
+
 @dataclass
 class FastPathController:
     """Domain verbs over the two programs' maps (``ingress``: server_ingress maps, ``egress``: client_egress)."""
@@ -85,6 +105,10 @@ class FastPathController:
         """An upstream connection ID the relay issued; its packets become candidates."""
         self.ingress["upstream_conns"].update(CidKey.of(dcid), UpstreamConn(conn_id=conn_id))
 
+    def remove_upstream(self, dcid: bytes) -> None:
+        """A connection ID the relay retired (or its connection closed): its packets go up unparsed."""
+        self.ingress["upstream_conns"].delete(CidKey.of(dcid))
+
     def add_track(self, conn_id: int, alias: int, track_id: int) -> None:
         """Objects with ``alias`` on upstream ``conn_id`` are fast-path track ``track_id``."""
         self.ingress["fast_tracks"].update(TrackKey(conn_id=conn_id, alias=alias), FastTrack(track_id=track_id))
@@ -95,34 +119,67 @@ class FastPathController:
         for tracks in self._tracks_of_slot.values():
             tracks.discard(track_id)
 
+    def enable_connection(
+        self, slot: int, addresses: Addresses, dcid: bytes, next_pn: int, conn_index: int, key_phase: int = 0,
+    ) -> None:
+        """From now on the program numbers the connection's 1-RTT packets (its counter starts at ``next_pn``) and
+        renumbers the ones user space sends to ``dcid``; ``slot`` becomes the connection slot."""
+        self._check(slot, dcid)
+        self.egress["downstream_state"].update(conn_index, DownstreamState(next_pn=next_pn))
+        self.egress["downstream_conns"].update(slot, _conn_state(addresses, dcid, 0, conn_index, key_phase))
+        self.egress["downstream_cids"].update(CidKey.of(dcid), DownstreamCid(slot=slot))  # last: renumbering starts
+
+    def disable_connection(self, slot: int) -> None:
+        """The connection closed: no more renumbering (its subscription slots must be gone already)."""
+        conn = self.egress["downstream_conns"].lookup(slot)
+        if conn is None:
+            return
+        self.egress["downstream_cids"].delete(CidKey.of(bytes(conn.dcid[: conn.dcid_len])))
+        self.egress["downstream_conns"].delete(slot)
+
+    def change_connection(self, slots: list[int], dcid: bytes | None = None, key_phase: int | None = None) -> None:
+        """The peer CID in use or the key phase changed: rewrite every slot of the connection (connection slot
+        first); a new CID's renumbering entry is written before the old one goes."""
+        if dcid is not None and len(dcid) > QUIC_MAX_CID_LEN:
+            raise ValueError("connection ID longer than 20 bytes")
+        for i, slot in enumerate(slots):
+            conn = self.egress["downstream_conns"].lookup(slot)
+            if conn is None:
+                continue
+            old = bytes(conn.dcid[: conn.dcid_len])
+            if key_phase is not None:
+                conn.key_phase = key_phase & 1
+            if dcid is not None:
+                conn.dcid[:] = [0] * QUIC_MAX_CID_LEN
+                conn.dcid[: len(dcid)], conn.dcid_len = list(dcid), len(dcid)
+            self.egress["downstream_conns"].update(slot, conn)
+            if i == 0 and dcid is not None and dcid != old:
+                self.egress["downstream_cids"].update(CidKey.of(dcid), DownstreamCid(slot=slot))
+                self.egress["downstream_cids"].delete(CidKey.of(old))
+
+    @staticmethod
+    def _check(slot: int, dcid: bytes) -> None:
+        if not 0 <= slot < SLOT_MAX:
+            raise ValueError(f"slot must be below {SLOT_MAX}")
+        if len(dcid) > QUIC_MAX_CID_LEN:
+            raise ValueError("connection ID longer than 20 bytes")
+
     def add_subscriber(
         self, slot: int, track_id: int, ifindex: int, addresses: Addresses, dcid: bytes, alias: int,
         next_pn: int, conn_index: int | None = None, key_phase: int = 0, seed_pn: bool = True,
     ) -> None:
         """Subscription ``slot`` of a downstream connection to ``track_id``, leaving by device ``ifindex``.
-        ``conn_index`` names the connection's PN counter (default: the slot); pass ``seed_pn=False`` for a
-        second subscription of a connection whose counter the program already owns."""
-        if not 0 <= slot < SLOT_MAX:
-            raise ValueError(f"slot must be below {SLOT_MAX}")
-        if len(dcid) > QUIC_MAX_CID_LEN:
-            raise ValueError("connection ID longer than 20 bytes")
+        ``conn_index`` names the connection's PN counter (default: the slot); ``seed_pn=False`` when the program
+        already owns that counter (the connection is enabled). User-space packets are renumbered only for
+        connections given to `enable_connection`."""
+        self._check(slot, dcid)
         index = slot if conn_index is None else conn_index
         subs = self.ingress["track_subs"].lookup(track_id) or TrackSubs()
         if subs.count >= TRACK_SUBS_PER_TRACK:
             raise FastPathFull(f"track {track_id} has {TRACK_SUBS_PER_TRACK} fast-path subscribers")
         if seed_pn:
             self.egress["downstream_state"].update(index, DownstreamState(next_pn=next_pn))
-        conn = DownstreamConn(
-            largest_acked=NO_LARGEST_ACKED, alias=alias, ip_version=addresses.src.version, dcid_len=len(dcid),
-            alias_len=_alias_len(alias), enabled=1, key_phase=key_phase, sport=addresses.sport,
-            dport=addresses.dport, conn_index=index,
-        )
-        conn.eth_dst[:], conn.eth_src[:] = list(addresses.eth_dst), list(addresses.eth_src)
-        conn.dcid[: len(dcid)] = list(dcid)
-        ip_len = 4 if addresses.src.version == 4 else 16
-        conn.src_ip[:ip_len], conn.dst_ip[:ip_len] = list(addresses.src.packed), list(addresses.dst.packed)
-        self.egress["downstream_conns"].update(slot, conn)
-        self.egress["downstream_cids"].update(CidKey.of(dcid), DownstreamCid(slot=slot))
+        self.egress["downstream_conns"].update(slot, _conn_state(addresses, dcid, alias, index, key_phase))
         subs.sub[subs.count] = SubTarget(slot=slot, ifindex=ifindex)
         subs.count += 1
         self.ingress["track_subs"].update(track_id, subs)  # last: clones start only now
@@ -142,27 +199,7 @@ class FastPathController:
             for i, target in enumerate(kept):
                 new.sub[i] = SubTarget(slot=target.slot, ifindex=target.ifindex)
             self.ingress["track_subs"].update(track_id, new)
-        conn = self.egress["downstream_conns"].lookup(slot)
-        if conn is not None:
-            # Invariant 1: while another subscription of the same connection remains, the connection's own packets
-            # must keep being renumbered, so its CID entry moves to that slot (first) instead of disappearing.
-            cid = CidKey.of(bytes(conn.dcid[: conn.dcid_len]))
-            sibling = self._sibling_slot(slot, conn.conn_index)
-            if sibling is None:
-                self.egress["downstream_cids"].delete(cid)
-            else:
-                self.egress["downstream_cids"].update(cid, DownstreamCid(slot=sibling))
-            self.egress["downstream_conns"].delete(slot)
-
-    def _sibling_slot(self, slot: int, conn_index: int) -> int | None:
-        """Another live slot that shares `conn_index` (the same downstream connection), if any."""
-        for other in sorted(self._tracks_of_slot):
-            if other == slot:
-                continue
-            state = self.egress["downstream_conns"].lookup(other)
-            if state is not None and state.conn_index == conn_index:
-                return other
-        return None
+        self.egress["downstream_conns"].delete(slot)
 
     def _modify(self, slot: int, **fields: int) -> None:
         conn = self.egress["downstream_conns"].lookup(slot)

@@ -1,16 +1,19 @@
 """`relay.relay.FastPathHooks` that drive `FastPathController`: kernel maps mirror what user space forwards.
 
 Why callbacks for everything transport-shaped: `relay.relay` is sans-I/O and knows sessions, not sockets, CIDs or
-devices. The caller (the server wiring) answers three questions: is this downstream session an offloaded connection
-and where do its packets go (`downstream_of`), which upstream connection id did it register for a publisher session
-(`upstream_of`), and is a track in datagram mode (`datagram_track`; stream mode is not in the fast path yet).
+devices. The caller (`relay.fastpath_runtime`) answers three questions: is this downstream session an offloaded
+connection and where do its packets go (`downstream_of`), which upstream connection id did it register for a
+publisher session (`upstream_of`), and is a track in datagram mode (`datagram_track`; stream mode is not in the
+fast path yet).
+
+A downstream connection is **enabled** with its first fast-path subscription and stays enabled until its session
+closes (invariant 1: once the program numbers a connection's packets, every 1-RTT packet of it must go through the
+program, since user space's own counter has moved out of the way). Each subscription adds a slot that shares the
+connection's PN counter.
 
 Invariant 3: every removal (UNSUBSCRIBE, track end, session close, a failed add) leaves the maps before the hook
 returns; the controller's write order makes in-flight copies drop. With no controller (no BPF object loaded) every
-hook does nothing. Not wired into `relay.serve` yet, and not safe to be: user space still forwards to every
-subscriber (it must skip those `offloaded` says), and the controller ties a connection's renumbering to its
-subscriptions (the last removal deletes its `downstream_cids` entry, even the first of two: see the xfail test),
-while `relay.registration.enable` needs the program to renumber that connection until it closes.
+hook does nothing.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ class DownstreamPath:
     dcid: bytes  # the subscriber's connection ID the relay sends to
     ifindex: int  # client-side device the copies leave by
     key_phase: int = 0
-    # the connection's next packet number (seeds the program's counter), then, once its first slot is in the
-    # maps, hand its numbering to the program (relay.registration.enable); both run in one synchronous step
+    # the connection's next packet number (seeds the program's counter), then hand its numbering to the program
+    # (relay.registration.enable); both run in one synchronous step
     next_pn: Callable[[], int] = lambda: 0
     enable: Callable[[], object] = lambda: None
     bind: Callable[[int], None] = lambda slot: None  # the registrar learns slot -> connection
@@ -45,7 +48,12 @@ class DownstreamPath:
 @dataclass
 class _Conn:
     conn_index: int
-    slots: set[int] = field(default_factory=set)
+    conn_slot: int  # owns the connection's CID entry (user-space renumbering)
+    path: DownstreamPath
+    slots: set[int] = field(default_factory=set)  # subscription slots
+
+    def all_slots(self) -> list[int]:
+        return [self.conn_slot, *sorted(self.slots)]
 
 
 @dataclass
@@ -70,13 +78,34 @@ class KernelFastPathHooks:
     _next_track_id: int = 1
     _slot_of: dict[Downstream, int] = field(default_factory=dict)
     _sub_of: dict[int, Downstream] = field(default_factory=dict)
-    _path_of: dict[int, DownstreamPath] = field(default_factory=dict)
     _conns: dict[MoqtSession, _Conn] = field(default_factory=dict)
     _tracks: dict[Track, _FastTrack] = field(default_factory=dict)
 
     def offloaded(self, sub: Downstream) -> bool:
         """True while the kernel forwards this subscription's datagrams (user space must then skip it)."""
         return sub in self._slot_of
+
+    def enabled(self, session: MoqtSession) -> bool:
+        return session in self._conns
+
+    def slots_of(self, session: MoqtSession) -> list[int]:
+        """Every slot of an enabled connection, connection slot first (for per-connection exports)."""
+        conn = self._conns.get(session)
+        return conn.all_slots() if conn is not None else []
+
+    def conn_index(self, session: MoqtSession) -> int:
+        """The connection's PN counter index (KeyError when not enabled)."""
+        return self._conns[session].conn_index
+
+    def track_id(self, track: Track) -> int | None:
+        ft = self._tracks.get(track)
+        return ft.track_id if ft is not None else None
+
+    def connection_changed(self, session: MoqtSession, dcid: bytes | None = None, key_phase: int | None = None) -> None:
+        """The peer CID in use or the 1-RTT send key phase of an enabled connection changed."""
+        conn = self._conns.get(session)
+        if self.controller is not None and conn is not None:
+            self.controller.change_connection(conn.all_slots(), dcid=dcid, key_phase=key_phase)
 
     # FastPathHooks
 
@@ -88,29 +117,27 @@ class KernelFastPathHooks:
             # the programs know no filter gate (section 5.1.2): a gated subscriber would get objects it did not
             # ask for (invariant 3); it stays on the slow path (no hook tells us when the gate lifts)
             return
-        path = self.downstream_of(sub.session)
         conn_id = self.upstream_of(track.publisher)
-        if path is None or conn_id is None:
+        if conn_id is None:
             return
-        if not self._free_slots or (sub.session not in self._conns and not self._free_indexes):
+        conn = self._conns.get(sub.session) or self._enable(sub.session)
+        if conn is None:
+            return
+        if not self._free_slots:
             self.full += 1
             return
         slot = self._free_slots.pop()
-        conn = self._conns.get(sub.session)
-        first = conn is None
-        if conn is None:
-            conn = _Conn(conn_index=self._free_indexes.pop())
         ft = self._tracks.get(track)
         new_track = ft is None
         if ft is None:
             ft = _FastTrack(track_id=self._next_track_id, conn_id=conn_id, alias=track.alias)
+        path = conn.path
         try:
             if new_track:
                 ctl.add_track(ft.conn_id, ft.alias, ft.track_id)
             ctl.add_subscriber(
-                slot, ft.track_id, path.ifindex, path.addresses, path.dcid, sub.alias,
-                next_pn=path.next_pn() if first else 0, conn_index=conn.conn_index, key_phase=path.key_phase,
-                seed_pn=first,
+                slot, ft.track_id, path.ifindex, path.addresses, path.dcid, sub.alias, next_pn=0,
+                conn_index=conn.conn_index, key_phase=path.key_phase, seed_pn=False,
             )  # fmt: skip
         except (FastPathFull, OSError, ValueError) as exc:
             # keep this subscription on the slow path; undo whatever part reached the maps
@@ -120,21 +147,17 @@ class KernelFastPathHooks:
             if new_track:
                 ctl.remove_track(ft.conn_id, ft.alias, ft.track_id)
             self._free_slots.append(slot)
-            if first:
-                self._free_indexes.append(conn.conn_index)
             return
-        if first:
-            path.enable()
         if new_track:
             self._next_track_id += 1
             self._tracks[track] = ft
         ft.slots.add(slot)
         conn.slots.add(slot)
-        self._conns[sub.session] = conn
         self._slot_of[sub] = slot
         self._sub_of[slot] = sub
-        self._path_of[slot] = path
         path.bind(slot)
+        sub.kernel = True
+        track.refresh()
 
     def subscriber_removed(self, track: Track, sub: Downstream) -> None:
         if self.controller is None:
@@ -165,8 +188,40 @@ class KernelFastPathHooks:
                 self._drop_track(track)
         for track in [t for t in self._tracks if t.publisher is session]:
             self.track_ended(track)
+        conn = self._conns.pop(session, None)
+        if conn is not None:
+            self.controller.disable_connection(conn.conn_slot)
+            conn.path.unbind(conn.conn_slot)
+            self._free_slots.append(conn.conn_slot)
+            self._free_indexes.append(conn.conn_index)
 
     # internals
+
+    def _enable(self, session: MoqtSession) -> _Conn | None:
+        """Hand the connection's numbering to the program (first fast-path subscription of an offloaded one)."""
+        assert self.controller is not None
+        path = self.downstream_of(session)
+        if path is None:
+            return None
+        if len(self._free_slots) < 2 or not self._free_indexes:
+            self.full += 1
+            return None
+        conn = _Conn(conn_index=self._free_indexes.pop(), conn_slot=self._free_slots.pop(), path=path)
+        try:
+            self.controller.enable_connection(
+                conn.conn_slot, path.addresses, path.dcid, path.next_pn(), conn.conn_index, path.key_phase
+            )
+        except (OSError, ValueError) as exc:
+            log.info("fast path refused a connection: %s", exc)
+            self.full += 1
+            self.controller.disable_connection(conn.conn_slot)
+            self._free_slots.append(conn.conn_slot)
+            self._free_indexes.append(conn.conn_index)
+            return None
+        path.enable()  # same synchronous step: no packet leaves between seeding and the hand-over
+        path.bind(conn.conn_slot)
+        self._conns[session] = conn
+        return conn
 
     def _remove_slot(self, sub: Downstream) -> None:
         assert self.controller is not None
@@ -175,16 +230,15 @@ class KernelFastPathHooks:
             return
         self.controller.remove_subscriber(slot)  # fan-out lists first, then the state
         del self._sub_of[slot]
-        self._path_of.pop(slot).unbind(slot)
+        sub.kernel = False
+        sub.track.refresh()
         ft = self._tracks.get(sub.track)
         if ft is not None:
             ft.slots.discard(slot)
         conn = self._conns.get(sub.session)
         if conn is not None:
             conn.slots.discard(slot)
-            if not conn.slots:
-                del self._conns[sub.session]
-                self._free_indexes.append(conn.conn_index)
+            conn.path.unbind(slot)
         self._free_slots.append(slot)
 
     def _drop_track(self, track: Track) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -116,6 +117,10 @@ class ConnectionHooks:
     connection_made: Callable[[MoqtConnection], None] = lambda conn: None
     keys_available: Callable[[MoqtConnection], None] = lambda conn: None
     connection_lost: Callable[[MoqtConnection], None] = lambda conn: None
+    # around every received datagram: the kernel fast path registers the packets it sent before aioquic reads an
+    # ACK for them (DESIGN invariant 2), and exports what the ACK changed afterwards
+    datagram_arriving: Callable[[MoqtConnection], None] = lambda conn: None
+    datagram_handled: Callable[[MoqtConnection], None] = lambda conn: None
 
 
 class MoqtConnection(QuicConnectionProtocol):
@@ -160,10 +165,23 @@ class MoqtConnection(QuicConnectionProtocol):
                     self.drain()
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        self.hooks.datagram_arriving(self)
         super().datagram_received(data, addr)
         if not self.session.closed:
             self.session.check_peer_closed()
             self.drain()
+        self.hooks.datagram_handled(self)
+
+    def rearm_timer(self) -> None:
+        """Re-arm aioquic's timer after packets entered its sent history from outside (kernel registration),
+        without building packets (what `transmit` would also do)."""
+        timer_at = self._quic.get_timer()
+        if self._timer is not None and self._timer_at != timer_at:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None and timer_at is not None:
+            self._timer = self._loop.call_at(timer_at, self._handle_timer)
+        self._timer_at = timer_at
 
     def drain(self) -> None:
         """Hand every queued session event to the handler (also after local verbs that queue events)."""
@@ -221,7 +239,7 @@ async def serve_moqt(
             server_ref[0].connections.discard(conn)
         hooks.connection_lost(conn)
 
-    tracked = ConnectionHooks(made, hooks.keys_available, lost)
+    tracked = dataclasses.replace(hooks, connection_made=made, connection_lost=lost)
 
     def create(quic: QuicConnection, stream_handler: Any = None) -> MoqtConnection:
         return MoqtConnection(

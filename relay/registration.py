@@ -91,6 +91,8 @@ class Registrar:
     stats: RegistrationStats = field(default_factory=RegistrationStats)
     _pending: list[RegRecord] = field(default_factory=list)
     _exported: dict[int, int] = field(default_factory=dict)  # slot -> largest_acked last exported
+    #: connections the last flush added packets to (their loss timers need re-arming)
+    touched: list[QuicConnection] = field(default_factory=list)
 
     def bind(self, slot: int, conn: QuicConnection) -> None:
         self.conns[slot] = conn
@@ -124,6 +126,7 @@ class Registrar:
         done = 0
         for key, recs in by_conn.items():
             done += self._register(conn_of[key], sorted(recs, key=lambda r: int(r.pn)))
+        self.touched = list(conn_of.values())
         return done
 
     def _register(self, conn: QuicConnection, recs: list[RegRecord]) -> int:

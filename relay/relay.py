@@ -75,6 +75,7 @@ class Downstream:
     # the Largest Location in our SUBSCRIBE_OK (where a joining FETCH ends, section 9.16.2)
     joined_at: M.Location | None = None
     range_done: bool = False  # an object past end_group arrived: PUBLISH_DONE sent, open streams still finish
+    kernel: bool = False  # the kernel fast path sends this subscription's datagrams (relay.fastpath_hooks)
 
     def sort_key(self) -> tuple[int, int]:
         return (self.subscriber_priority, self.seq)
@@ -93,6 +94,7 @@ class Track:
     pending: list[Downstream] = field(default_factory=list)  # waiting for the upstream SUBSCRIBE_OK
     # fan-out list of the forwarding subscribers, rebuilt when membership changes (kept off the per-object path)
     fanout: tuple[Downstream, ...] = ()
+    user_fanout: tuple[Downstream, ...] = ()  # ... of which not served by the kernel (datagrams only)
     upstream_streams: int = 0  # subgroup streams the publisher opened for this track
     open_streams: int = 0  # ... of which not yet finished or reset
     ending: M.PublishDone | None = None  # the publisher's PUBLISH_DONE, waiting for its streams to arrive
@@ -103,6 +105,7 @@ class Track:
     def refresh(self) -> None:
         self.subscribers.sort(key=Downstream.sort_key)
         self.fanout = tuple(s for s in self.subscribers if s.forward)
+        self.user_fanout = tuple(s for s in self.fanout if not s.kernel)
         self.gated = any(s.start is not None or s.end_group is not None for s in self.fanout)
 
 
@@ -192,6 +195,9 @@ class Forwarder:
         self._orphans: dict[tuple[MoqtSession, int], _Orphan] = {}
         self.datagrams_in = 0
         self.copies_out = 0
+        #: did the kernel already copy this datagram (track, bytes, end of its alias) to its kernel-served
+        #: subscribers? An upstream packet the kernel parser refused reaches them through user space instead.
+        self.kernel_copied: Callable[[Track, bytes, int], bool] = lambda track, data, end: False
 
     def bind(self, track: Track) -> None:
         """The track's upstream alias is known: route its data, and replay streams that arrived early."""
@@ -233,22 +239,25 @@ class Forwarder:
         prio = ev.publisher_priority
         if track.cache is not None:
             track.cache.add_datagram(data, off, ev.alias_length)
+        fanout = track.fanout
+        if len(track.user_fanout) != len(fanout) and self.kernel_copied(track, data, end):
+            fanout = track.user_fanout
         if track.gated:
-            self._datagram_gated(track, ev)
+            self._datagram_gated(track, ev, fanout)
             return
-        for sub in track.fanout:
+        for sub in fanout:
             out = data if sub.alias == ev.track_alias else data[:off] + sub.alias_bytes + data[end:]
             sub.session.send_datagram(out, (sub.subscriber_priority, prio))
-        self.copies_out += len(track.fanout)
+        self.copies_out += len(fanout)
 
-    def _datagram_gated(self, track: Track, ev: DatagramReceived) -> None:
+    def _datagram_gated(self, track: Track, ev: DatagramReceived, fanout: tuple[Downstream, ...]) -> None:
         data, off, end = ev.data, ev.alias_offset, ev.alias_offset + ev.alias_length
         try:
             group, obj = datagram_location(data, end)
         except (NeedMoreData, IndexError):
             return
         opened = False
-        for sub in track.fanout:
+        for sub in fanout:
             if not _admits(sub, group, obj):
                 if sub.end_group is not None and group > sub.end_group and not sub.range_done:
                     self.on_range_end(sub)
@@ -398,6 +407,13 @@ class Relay:
         self._seq = itertools.count()
         #: the upstream relay for namespaces no local publisher covers (relay.upstream.UpstreamLink), or None
         self.upstream: UpstreamSource | None = None
+
+    def subscriptions_of(self, session: MoqtSession) -> list[Downstream]:
+        """The session's live subscriptions (those already answered with SUBSCRIBE_OK and still forwarding state)."""
+        peer = self._peers.get(session)
+        if peer is None:
+            return []
+        return [sub for sub in peer.subs.values() if sub in sub.track.subscribers]
 
     # --- adapter entry points ---------------------------------------------------------------------------------------
 
@@ -825,7 +841,7 @@ class Relay:
                 peer.aliases.discard(sub.alias)
             self.hooks.subscriber_removed(track, sub)
         track.subscribers.clear()
-        track.fanout = ()
+        track.fanout = track.user_fanout = ()
         self.hooks.track_ended(track)
 
     def _on_closed(self, session: MoqtSession, ev: SessionClosed) -> None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from aioquic import tls
 
@@ -25,6 +28,7 @@ from hal.base import Hal, HalError, HalFactory
 from hal.none import NoneFactory
 from relay.cache import ObjectCache
 from relay.config import ConfigError, RelayConfig, load_config
+from relay.fastpath_runtime import FastPathUnavailable, KernelFastPath, OffloadObserver
 from relay.quic import ConnectionHooks, MoqtConnection, make_configuration, parse_url, serve_moqt
 from relay.relay import Relay
 from relay.tls import ensure_certificates
@@ -95,6 +99,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--insecure-upstream", action="store_true",
         help="do not verify the upstream relay's certificate (tests only)",
     )  # fmt: skip
+    g.add_argument(
+        "--fast-path", choices=("auto", "on", "off"), default="auto",
+        help="kernel fast path (TC programs clone and rewrite media datagrams, docs/fastpath.md): on needs a HAL "
+        "with NIC packet protection and TC hooks (--hal sim); auto (default) = on where the HAL can; off = every "
+        "copy from user space, to compare both paths on the same set-up",
+    )  # fmt: skip
+    g.add_argument(
+        "--recovery", choices=("user",), default="user",
+        help="who tracks forwarded packets for ACKs and congestion control: user = every kernel-sent packet is "
+        "registered in aioquic's recovery (per-packet records, the thesis design)",
+    )  # fmt: skip
+    g.add_argument(
+        "--fast-path-first-pn", metavar="N", type=int, default=0,
+        help="TEST KNOB: start the kernel's packet numbering of every connection at N or later (skipping packet "
+        "numbers is legal), e.g. 65000 to cross the 16-bit boundary early",
+    )  # fmt: skip
     g.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for QUIC details)")
     for factory in backends.values():
         factory.configure(parser)
@@ -159,14 +179,66 @@ def run(args: argparse.Namespace) -> int:
         except (HalError, ValueError) as exc:
             return _fail(str(exc))
         # Serve from the HAL's namespace (the sim's relay host); only this thread's sockets move there.
-        with in_netns(hal.netns()), contextlib.suppress(KeyboardInterrupt):
-            return asyncio.run(_serve(args, host, port, hal))
+        with in_netns(hal.netns()):
+            fast, port, error = _start_fast_path(args, hal, host, port)
+            if error:
+                return _fail(error)
+            try:
+                with contextlib.suppress(KeyboardInterrupt):
+                    return asyncio.run(_serve(args, host, port, hal, fast))
+            finally:
+                if fast is not None:
+                    # one line scripts and tests parse: what the kernel did during this run
+                    print(f"fast path counters: {json.dumps(fast.counters(), sort_keys=True)}", flush=True)
+                    fast.stop()
         return 0
     finally:
         hal.teardown()
 
 
-def _hal_hooks(hal: Hal) -> tuple[ConnectionHooks, NicOffloadController | None]:
+def _fast_path_wanted(args: argparse.Namespace, hal: Hal) -> tuple[bool, str | None]:
+    """(run it, error): `on` where the HAL cannot is an error that says what to do; `auto` just stays off."""
+    mode = getattr(args, "fast_path", "off")
+    if mode == "off":
+        return False, None
+    caps = hal.capabilities()
+    able = caps.crypto_offload and caps.tc_hooks and bool(hal.ports()) and hal.key_installer() is not None
+    if able:
+        return True, None
+    if mode == "on":
+        return False, (f"--fast-path on needs a HAL whose NIC protects packets and offers TC hooks; --hal {hal.name} "
+                       f"does not: use --hal sim, or --fast-path off")
+    return False, None
+
+
+def _start_fast_path(
+    args: argparse.Namespace, hal: Hal, host: str, port: int
+) -> tuple[KernelFastPath | None, int, str | None]:
+    """Load and attach the programs before the event loop runs (pyroute2's netlink calls are synchronous here);
+    returns the fast path (or None), the port to serve on (a free one for port 0: the programs need it), an error."""
+    want_fast, error = _fast_path_wanted(args, hal)
+    if error or not want_fast:
+        return None, port, error
+    if port == 0:
+        port = _free_udp_port(host)
+    try:
+        fast = KernelFastPath.start(hal.ports()[0].ifname, port, first_pn=max(0, args.fast_path_first_pn))
+    except FastPathUnavailable as exc:
+        if args.fast_path == "on":
+            return None, port, str(exc)
+        logging.getLogger("relay.fastpath").warning("fast path off: %s", exc)
+        return None, port, None
+    return fast, port, None
+
+
+def _free_udp_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _hal_hooks(hal: Hal, wrap: Any = None) -> tuple[ConnectionHooks, NicOffloadController | None]:
     """The seam where a HAL's NIC takes over 1-RTT packet protection.
 
     With a key installer, every new connection is adopted as an OffloadedQuicConnection before its first datagram:
@@ -177,9 +249,10 @@ def _hal_hooks(hal: Hal) -> tuple[ConnectionHooks, NicOffloadController | None]:
         return ConnectionHooks(), None
     log = logging.getLogger("relay.hal")
     controller = NicOffloadController(installer)
+    offload = wrap(controller) if wrap is not None else controller
 
     def made(conn: MoqtConnection) -> None:
-        OffloadedQuicConnection.adopt(conn._quic, controller)
+        OffloadedQuicConnection.adopt(conn._quic, offload)
 
     def lost(conn: MoqtConnection) -> None:
         quic = conn._quic
@@ -194,7 +267,7 @@ def _hal_hooks(hal: Hal) -> tuple[ConnectionHooks, NicOffloadController | None]:
     return ConnectionHooks(connection_made=made, connection_lost=lost), controller
 
 
-async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal) -> int:
+async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal, fast: KernelFastPath | None) -> int:
     ca: str
     if args.cert:
         cert, key, ca = args.cert, args.key, args.cert
@@ -207,7 +280,10 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal) -> in
             return 2
         cert, key, ca = str(paths.cert), str(paths.key), str(paths.ca)
     config = make_configuration(is_client=False, cert=cert, key=key, qlog_dir=args.qlog_dir)
-    hooks, controller = _hal_hooks(hal)
+    f = fast
+    hooks, controller = _hal_hooks(hal, (lambda c: OffloadObserver(c, f)) if f is not None else None)
+    if fast is not None:
+        hooks = fast.connection_hooks(hooks)
     if controller is not None:
         # Offer only what the NIC can protect, so every connection can be offloaded.
         config.cipher_suites = [
@@ -215,6 +291,9 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal) -> in
         ]
     rc: RelayConfig = getattr(args, "relay_config", None) or RelayConfig()
     relay = Relay(cache=ObjectCache(rc.cache), auth=rc.authorizer(), limits=rc.limits)
+    if fast is not None:
+        fast.install(relay)
+        fast.run(asyncio.get_running_loop())
     # with --config, [limits] max_requests_per_session replaces --max-request-id
     max_request_id = (
         rc.limits.max_requests_per_session if getattr(args, "config", None) else args.max_request_id
@@ -237,6 +316,10 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal) -> in
     shown = f"[{host}]" if ":" in host else host
     print(f"listening on moqt://{shown}:{server.port}", flush=True)
     print(f"ca: {ca}", flush=True)
+    if fast is not None:
+        print(f"fast path: on ({fast.ifname}: server_ingress + client_egress, recovery {args.recovery})", flush=True)
+    else:
+        print("fast path: off (every copy is sent from user space)", flush=True)
     if hint := hal.usage_hint(f"moqt://{shown}:{server.port}"):
         print(hint, flush=True)
 

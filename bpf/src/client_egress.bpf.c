@@ -291,8 +291,10 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct parse_res
 	if (r->ip_version == 4 && (delta || clone) && ipv4_csum(skb, l3, hlen))
 		return drop(EG_ADJUST_FAILED, ds);
 
-	/* RFC 9000 section 17.3.1: 0 1 S RR K PP; reserved bits 0, key phase from the connection. */
-	first = 0x40 | (first & 0x20) | ((conn->key_phase & 1) << 2) | (pn_len - 1);
+	/* RFC 9000 section 17.3.1: 0 1 S RR K PP; reserved bits 0. The key phase of a copy is the
+	 * connection's (set by the controller on every key update); a user-space packet keeps the one
+	 * its sender chose, which is always current (RFC 9001 section 6: the NIC seals by this bit). */
+	first = 0x40 | (first & 0x20) | ((clone ? conn->key_phase & 1 : (first >> 2) & 1) << 2) | (pn_len - 1);
 	udph[8] = first;
 	if (clone || delta) {
 		if (bpf_skb_store_bytes(skb, l4, udph, 9, 0))

@@ -19,6 +19,7 @@
 #define DOWNSTREAM_CONNS_MAX 4096 /* subscriber slots (a slot must fit the mark's 16 bits) */
 #define DOWNSTREAM_CIDS_MAX 4096  /* subscriber DCIDs in use by enabled connections */
 #define REG_EVENTS_BYTES (1 << 20) /* registration ring: 1 MiB = ~21k records of 48 bytes */
+#define CLONED_OBJECTS_MAX 16384  /* recently cloned objects (LRU): a few seconds of every track */
 
 #ifdef MAPS_SERVER_INGRESS
 /* DCID (as issued by the relay) -> upstream connection. Filled by the fast-path controller when an
@@ -64,6 +65,16 @@ struct {
 	__type(key, __u32);
 	__type(value, struct track_subs);
 } track_subs SEC(".maps");
+
+/* Objects cloned in the last few seconds (key: track, group, object -> number of copies made). User
+ * space looks an upstream object up before forwarding it to kernel-served subscribers (DESIGN
+ * invariant 5's other half: what the kernel did not send, user space sends). LRU: never full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CLONED_OBJECTS_MAX);
+	__type(key, struct object_key);
+	__type(value, __u32);
+} cloned_objects SEC(".maps");
 #endif
 
 #ifdef MAPS_CLIENT_EGRESS

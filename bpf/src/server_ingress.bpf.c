@@ -122,6 +122,13 @@ static __always_inline void fan_out(struct __sk_buff *skb, const struct parse_re
 
 	if (!subs)
 		return;
+	if (subs->count) {
+		/* before the copies: user space reads the original only after this program returns */
+		struct object_key obj = {.track_id = track_id, .group = r->group, .object = r->object};
+		__u32 copies = subs->count;
+
+		bpf_map_update_elem(&cloned_objects, &obj, &copies, BPF_ANY);
+	}
 	for (int i = 0; i < TRACK_SUBS_PER_TRACK; i++) {
 		if (i >= subs->count)
 			break;

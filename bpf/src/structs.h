@@ -91,6 +91,16 @@ struct parse_result {
 	__u8 _pad0[5];
 };
 
+/* Key of the cloned_objects map: one object of one fast-path track. server_ingress records every
+ * object it cloned, so user space, which still receives the original, forwards it only to the
+ * subscribers the kernel did not serve (an upstream packet the parser refused, e.g. two DATAGRAM
+ * frames in one packet, must still reach kernel-served subscribers: through the user-space path). */
+struct object_key {
+	__u32 track_id;                    /* fast_track.track_id */
+	__u32 _pad0;
+	__u64 group;                       /* MoQT group id (draft-14 section 9.4.2) */
+	__u64 object;                      /* MoQT object id (0 when the datagram type omits it) */
+};
 /* One downstream copy target: the subscriber slot (downstream_conns key) and the client-side port. */
 struct sub_target {
 	__u32 slot;                        /* downstream_conns index */

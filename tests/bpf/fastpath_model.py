@@ -231,14 +231,15 @@ def expected_copy(frame: bytes, upstream_dcid_len: int, sub: Subscriber) -> tupl
 
 def expected_user(frame: bytes, sub: Subscriber) -> tuple[bytes, int]:
     """A user-space packet on an enabled connection: same packet, the connection's next PN (A.2 length),
-    the connection's key phase. The UDP checksum stays valid if it was (or stays 0 over IPv4)."""
+    its own key phase bit (its sender knows the current phase). The UDP checksum stays valid if it was (or stays 0
+    over IPv4)."""
     lay = parse(frame, len(sub.dcid), moqt=False)
     pn = sub.next_pn
     pn_len = pn_length(pn, sub.largest_acked, lay.pn_len)
     if pn_len is None:
         raise Drop("EG_PN_UNENCODABLE")
     delta = pn_len - lay.pn_len
-    first = 0x40 | (frame[lay.quic] & 0x20) | (sub.key_phase << 2) | (pn_len - 1)
+    first = 0x40 | (frame[lay.quic] & 0x24) | (pn_len - 1)
     out = bytearray(frame[: lay.quic]) + bytes([first]) + sub.dcid
     out += (pn % (1 << (8 * pn_len))).to_bytes(pn_len, "big") + frame[lay.payload :]
     no_csum = lay.ip_version == 4 and frame[lay.l4 + 6 : lay.l4 + 8] == b"\0\0"

@@ -266,9 +266,10 @@ def test_clone_that_does_not_parse_is_dropped(prog: Egress) -> None:
 
 
 def user_packet(sub: Subscriber, pn: int, pn_len: int = 2, ip: int = 4, spin: bool = False) -> bytes:
-    """A user-space 1-RTT packet of the relay to the subscriber (UDP checksum valid, tag room zero)."""
+    """A user-space 1-RTT packet of the relay to the subscriber (UDP checksum valid, tag room zero), sent in the
+    subscriber state's key phase (as aioquic would)."""
     quic = bytearray(short_header_packet(sub.dcid, pn, b"\x01" + bytes(20), pn_len))
-    quic[0] |= 0x20 if spin else 0
+    quic[0] |= (0x20 if spin else 0) | (sub.key_phase << 2)
     seg = udp(RELAY_PORT, sub.dport, bytes(quic))
     frame = eth(ipv4(seg, src="198.18.1.1", dst="198.18.1.2")) if ip == 4 else eth(ipv6(seg), ETH_P_IPV6)
     return with_udp_checksum(frame)
@@ -281,6 +282,15 @@ USER_ROWS = [
     ("1-byte pn forced to 2 by the window", 4, 1, replace(SUB4, next_pn=500, largest_acked=5)),
     ("ipv6 4-byte pn, key phase 1", 6, 4, replace(SUB6, key_phase=1)),
 ]
+
+
+def test_user_packet_keeps_its_own_key_phase(prog: Egress) -> None:
+    """During a key update the sender's bit is the truth (the NIC seals by it); the map may lag behind."""
+    frame = user_packet(replace(SUB4, key_phase=1), 0x42, 2)
+    install(prog, SUB4)  # the map still says phase 0
+    verdict, out = run(prog, frame)
+    assert verdict == TC_ACT_OK and out[42] & 0x04  # Ethernet 14 + IPv4 20 + UDP 8: the first byte
+
 
 
 @pytest.mark.parametrize(("ip", "pn_len", "sub"), [r[1:] for r in USER_ROWS], ids=[r[0] for r in USER_ROWS])

@@ -84,9 +84,15 @@ def test_key_update_started_by_subscribers_loses_nothing(world: SimWorld, tmp_pa
     assert after.auth_failures == 0 and after.no_key_drops == before.no_key_drops
 
 
-def test_key_update_started_by_the_relay_loses_nothing(world: SimWorld, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fast_path", [
+    "off",
+    pytest.param("on", marks=pytest.mark.xfail(strict=False, reason="known bug under investigation: with the kernel "
+                                               "fast path, relay-initiated key updates make the NIC fail to decrypt "
+                                               "some subscriber packets (and lose copies)")),
+])
+def test_key_update_started_by_the_relay_loses_nothing(world: SimWorld, tmp_path: Path, fast_path: str) -> None:
 
-    world.ensure_relay(("--key-update-every", "0.5"))
+    world.ensure_relay(("--key-update-every", "0.5", "--fast-path", fast_path))
     before = world.counters()
     result = pubsub_round(world, tmp_path, "datagram", layout=(("sub0", 2),))
     after = world.counters()

@@ -77,8 +77,32 @@ def test_add_subscriber_round_trips(ctl: FastPathController) -> None:
     assert bytes(conn.src_ip) == ADDR6.src.packed and bytes(conn.dst_ip) == ADDR6.dst.packed
     assert (bytes(conn.eth_dst), conn.sport, conn.dport) == (ADDR6.eth_dst, 4433, 40001)
     assert conn.largest_acked == NO_LARGEST_ACKED
-    assert ctl.egress["downstream_cids"].lookup(CidKey.of(b"\xaa" * 8)).slot == 3
+    assert ctl.egress["downstream_cids"].data == {}  # renumbering belongs to enable_connection
     assert ctl.next_pn(3) == 1000
+
+
+def test_connection_slot_owns_renumbering_until_disabled(ctl: FastPathController) -> None:
+    """Invariant 1: the CID entry lives with the connection, not with any of its subscriptions."""
+    ctl.enable_connection(0, ADDR4, b"\xaa" * 8, next_pn=500, conn_index=4, key_phase=1)
+    assert ctl.egress["downstream_cids"].lookup(CidKey.of(b"\xaa" * 8)).slot == 0
+    conn = ctl.egress["downstream_conns"].lookup(0)
+    assert (conn.conn_index, conn.key_phase, conn.enabled) == (4, 1, 1) and ctl.next_pn(4) == 500
+    ctl.add_subscriber(1, 9, 2, ADDR4, b"\xaa" * 8, alias=5, next_pn=0, conn_index=4, seed_pn=False)
+    ctl.remove_subscriber(1)
+    assert ctl.egress["downstream_cids"].lookup(CidKey.of(b"\xaa" * 8)).slot == 0 and ctl.next_pn(4) == 500
+    ctl.disable_connection(0)
+    assert ctl.egress["downstream_cids"].data == {} and ctl.egress["downstream_conns"].data == {}
+
+
+def test_change_connection_moves_cid_and_phase_on_every_slot(ctl: FastPathController) -> None:
+    ctl.enable_connection(0, ADDR4, b"\x01" * 8, next_pn=0, conn_index=0)
+    ctl.add_subscriber(1, 9, 2, ADDR4, b"\x01" * 8, alias=5, next_pn=0, conn_index=0, seed_pn=False)
+    ctl.change_connection([0, 1], dcid=b"\x02" * 4, key_phase=1)
+    for slot in (0, 1):
+        conn = ctl.egress["downstream_conns"].lookup(slot)
+        assert (bytes(conn.dcid), conn.dcid_len, conn.key_phase) == (b"\x02" * 4 + bytes(16), 4, 1)
+    assert ctl.egress["downstream_cids"].lookup(CidKey.of(b"\x02" * 4)).slot == 0
+    assert ctl.egress["downstream_cids"].lookup(CidKey.of(b"\x01" * 8)) is None
 
 
 def test_controls_never_touch_the_pn_counter(ctl: FastPathController) -> None:
@@ -109,7 +133,6 @@ def test_remove_subscriber_leaves_fan_out_then_state(ctl: FastPathController) ->
     subs = ctl.ingress["track_subs"].lookup(9)
     assert (subs.count, subs.sub[0].slot) == (1, 2)
     assert ctl.egress["downstream_conns"].lookup(1) is None
-    assert ctl.egress["downstream_cids"].lookup(CidKey.of(b"\x01" * 4)) is None
     ctl.remove_subscriber(2)
     assert ctl.ingress["track_subs"].lookup(9) is None
 

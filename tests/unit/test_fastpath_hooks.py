@@ -116,7 +116,11 @@ def test_offloaded_subscriber_enters_maps_after_subscribe_ok(net: Net) -> None:
     track_id = s.fast_track(6)
     assert track_id is not None
     (slot,) = s.subs_of(track_id)
-    assert a.peer is not None and s.tp.bound == {slot: a.peer.session} and s.tp.enabled == [a.peer.session]
+    assert a.peer is not None and s.tp.bound[slot] is a.peer.session and s.tp.enabled == [a.peer.session]
+    # plus the connection slot, which owns the renumbering of the connection's own packets (invariant 1)
+    assert len(s.tp.bound) == 2 and set(s.tp.bound.values()) == {a.peer.session}
+    (cid,) = s.maps["downstream_cids"].data
+    assert cid == bytes(CidKey.of(s.tp.dcids[a.peer.session]))
     conn = s.ctl.egress["downstream_conns"].lookup(slot)
     assert (conn.alias, conn.enabled) == (a.messages(M.SubscribeOk)[0].track_alias, 1)
     assert s.ctl.next_pn(conn.conn_index) == 1000
@@ -133,9 +137,11 @@ def test_unsubscribe_removes_before_returning_and_last_one_drops_track(net: Net)
     assert track_id is not None and len(s.subs_of(track_id)) == 2
     a.session.unsubscribe(a.messages(M.SubscribeOk)[0].request_id)
     s.world.net.pump()
-    assert len(s.subs_of(track_id)) == 1 and len(s.maps["downstream_conns"].data) == 1
-    assert len(s.tp.bound) == 1
+    # a's connection stays enabled (its slot and CID entry) until it closes
+    assert len(s.subs_of(track_id)) == 1 and len(s.maps["downstream_conns"].data) == 3
+    assert len(s.tp.bound) == 3 and len(s.maps["downstream_cids"].data) == 2
     c.session.close()
+    a.session.close()
     s.world.net.pump()
     assert s.subs_of(track_id) == [] and s.fast_track(6) is None
     assert s.maps["downstream_conns"].data == {} and s.maps["downstream_cids"].data == {}
@@ -148,11 +154,12 @@ def test_publisher_gone_removes_everything(net: Net) -> None:
     s.subscriber("a")
     s.world.accept(pub, 6)
     s.subscriber("b")
-    assert len(s.maps["downstream_conns"].data) == 2
+    assert len(s.maps["downstream_conns"].data) == 4  # two connection slots, two subscription slots
     pub.session.close()
     s.world.net.pump()
     assert s.maps["track_subs"].data == {} and s.maps["fast_tracks"].data == {}
-    assert s.maps["downstream_conns"].data == {} and s.tp.bound == {}
+    # the subscribers' connections stay enabled: only their connection slots remain
+    assert len(s.maps["downstream_conns"].data) == 2 and len(s.tp.bound) == 2
 
 
 def _two_tracks_on_one_offloaded_connection(net: Net) -> tuple[Any, Any]:
@@ -174,7 +181,7 @@ def _two_tracks_on_one_offloaded_connection(net: Net) -> tuple[Any, Any]:
 def test_two_tracks_of_one_connection_share_its_counter(net: Net) -> None:
     s, a = _two_tracks_on_one_offloaded_connection(net)
     conns = [s.ctl.egress["downstream_conns"].lookup(slot) for slot in s.tp.bound]
-    assert len(conns) == 2 and conns[0].conn_index == conns[1].conn_index
+    assert len(conns) == 3 and len({c.conn_index for c in conns}) == 1
     assert s.tp.enabled == [a.peer.session]  # numbering handed over once
 
 
@@ -209,8 +216,9 @@ def test_full_track_keeps_subscriber_on_slow_path(net: Net, monkeypatch: pytest.
     s.world.accept(pub, 6)
     b = s.subscriber("b")
     assert b.messages(M.SubscribeOk)
-    assert s.hooks.full == 1 and len(s.tp.bound) == 1 and len(s.tp.enabled) == 1
-    assert len(s.maps["downstream_conns"].data) == 1 and len(s.maps["downstream_state"].data) == 1
+    # b's connection was enabled (renumbering is harmless); its subscription stays on the slow path
+    assert s.hooks.full == 1 and len(s.tp.enabled) == 2 and len(s.tp.bound) == 3
+    assert len(s.maps["downstream_conns"].data) == 3 and len(s.maps["downstream_state"].data) == 2
 
 
 def test_direct_hook_calls_remove_synchronously(net: Net) -> None:
@@ -221,7 +229,7 @@ def test_direct_hook_calls_remove_synchronously(net: Net) -> None:
     s.world.accept(pub, 6)
     (sub,) = list(s.hooks._slot_of)
     s.hooks.subscriber_removed(sub.track, sub)
-    assert _empty_but_counters(s)
+    assert not sub.kernel and not s.maps["track_subs"].data and len(s.maps["downstream_conns"].data) == 1
     s.hooks.subscriber_added(sub.track, sub)
     assert s.maps["track_subs"].data
     s.hooks.session_closed(sub.session)
@@ -238,5 +246,5 @@ def test_removing_one_track_keeps_the_connections_renumbering(net: Net) -> None:
     s, a = _two_tracks_on_one_offloaded_connection(net)
     a.session.unsubscribe(a.messages(M.SubscribeOk)[0].request_id)
     s.world.net.pump()
-    assert len(s.tp.bound) == 1
+    assert len(s.tp.bound) == 2
     assert s.maps["downstream_cids"].data

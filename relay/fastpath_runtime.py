@@ -1,0 +1,425 @@
+"""The kernel fast path of one running relay: load and attach the programs, and connect them to aioquic.
+
+`relay --fast-path on` (docs/fastpath.md). Pieces, each in its own module:
+
+- `bpf/src/server_ingress.bpf.c` and `client_egress.bpf.c`, attached here to the HAL port's TC ingress and egress;
+- `relay.fastpath.FastPathController` (map verbs) and `relay.fastpath_hooks.KernelFastPathHooks` (which subscription
+  gets which slot), driven by the user-space relay's subscription events;
+- `relay.registration.Registrar` (`--recovery user`): every packet the program numbered enters aioquic's sent
+  history, drained when the ring buffer is readable and before every received datagram (invariant 2).
+
+This module answers the transport questions the hooks ask (addresses, CIDs, key phase) from aioquic and the
+kernel's routing tables, and keeps the maps in step with CID changes and key updates through the NIC offload
+controller's events (`OffloadObserver`). Everything it attaches or pins is removed by `stop()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from aioquic.quic.connection import QuicConnection
+from aioquic.tls import Epoch
+from pyroute2 import AsyncIPRoute
+
+from bpf.attach import Direction, TcFilter
+from bpf.loader import BpfObject, LoadError, PinDir, RingBuffer, build_path
+from bpf.structs import (
+    EGRESS_MAX_DCID_LENS,
+    MAX_RELAY_PORTS,
+    EgressConfig,
+    EgressStat,
+    IngressConfig,
+    IngressStat,
+    ObjectKey,
+    RegEvent,
+)
+from crypto_offload.aioquic_offload import OffloadedQuicConnection, OneRttKeys
+from crypto_offload.api import Direction as KeyDirection
+from relay.cache import datagram_location
+from relay.fastpath import Addresses, FastPathController
+from relay.fastpath_hooks import DownstreamPath, KernelFastPathHooks
+from relay.moqt.session import MoqtSession
+from relay.quic import ConnectionHooks, MoqtConnection
+from relay.registration import Registrar, enable
+from relay.relay import Relay, Track
+
+log = logging.getLogger("relay.fastpath")
+
+HOST_CID_LEN = 8  # aioquic's connection_id_length: the DCID length of packets the relay receives
+PEER_CID_LENS = (8, 4, 16, 20)  # subscriber CID lengths the egress program tries (aioquic/qh3 use 8)
+# The program picks PN lengths against `largest_acked` (RFC 9000 A.2); a stale, smaller value only makes it choose
+# longer encodings, never ambiguous ones, so exporting every EXPORT_STEP packets is enough and saves map writes.
+EXPORT_STEP = 64
+
+
+class FastPathUnavailable(RuntimeError):
+    """The fast path cannot run here (no BPF object, no port, load or attach refused): the message says why."""
+
+
+@dataclass
+class FastPathStats:
+    enabled_connections: int = 0
+    refused_connections: int = 0  # offloaded connections that could not be enabled (no TX offload, no neighbour)
+    drains: int = 0
+
+
+@dataclass
+class KernelFastPath:
+    """Owns the two programs on one device and everything that keeps them in step with aioquic."""
+
+    ifname: str
+    ifindex: int
+    port: int
+    ingress: BpfObject
+    egress: BpfObject
+    filters: list[TcFilter]
+    first_pn: int = 0  # test knob: start every enabled connection's numbering at least here
+    controller: FastPathController = field(init=False)
+    hooks: KernelFastPathHooks = field(init=False)
+    registrar: Registrar = field(default_factory=Registrar)
+    stats: FastPathStats = field(default_factory=FastPathStats)
+    _conns: dict[MoqtSession, MoqtConnection] = field(default_factory=dict)
+    _upstream_ids: dict[MoqtSession, int] = field(default_factory=dict)
+    _upstream_cids: dict[MoqtSession, frozenset[bytes]] = field(default_factory=dict)
+    _next_conn_id: int = 1
+    _exported: dict[MoqtSession, int] = field(default_factory=dict)
+    _peer_cids: dict[MoqtSession, bytes] = field(default_factory=dict)
+    _ring: RingBuffer | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+    _addresses: dict[MoqtSession, Addresses] = field(default_factory=dict)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    relay: Relay | None = None
+
+    def __post_init__(self) -> None:
+        self.controller = FastPathController(self.ingress.maps, self.egress.maps)
+        self.hooks = KernelFastPathHooks(self.controller, self._downstream_of, self._upstream_of, lambda t: True)
+
+    # --- life cycle ---------------------------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, ifname: str, port: int, pin_prefix: str | None = None, first_pn: int = 0) -> KernelFastPath:
+        """Load both programs (configured for the relay's UDP port), attach them to ``ifname`` in the current
+        network namespace, and pin their maps under /sys/fs/bpf/<pin_prefix> (for `relay stats`)."""
+        ingress_o, egress_o = build_path("server_ingress"), build_path("client_egress")
+        for path in (ingress_o, egress_o):
+            if not path.exists():
+                raise FastPathUnavailable(f"{path} is missing: run `make bpf` (or `make -C bpf`)")
+        ifindex = socket_ifindex(ifname)
+        icfg = IngressConfig()
+        icfg.port[0], icfg.dcid_len[0] = port, HOST_CID_LEN
+        ecfg = EgressConfig()
+        ecfg.port[0] = port
+        lens = list(PEER_CID_LENS[:EGRESS_MAX_DCID_LENS]) + [0xFF] * EGRESS_MAX_DCID_LENS
+        ecfg.dcid_len[:] = lens[:EGRESS_MAX_DCID_LENS]
+        assert MAX_RELAY_PORTS >= 1
+        pins = PinDir(pin_prefix or f"moq-relay-{os.getpid()}")
+        objs: list[BpfObject] = []
+        filters: list[TcFilter] = []
+        try:
+            objs.append(BpfObject.load(ingress_o, rodata={"cfg": icfg}, pin_dir=pins))
+            objs.append(BpfObject.load(egress_o, rodata={"egress_cfg": ecfg}, pin_dir=pins))
+            for obj, prog, direction in ((objs[0], "server_ingress", Direction.INGRESS),
+                                         (objs[1], "client_egress", Direction.EGRESS)):
+                f = TcFilter(obj.programs[prog].fd, ifindex, direction, name=prog)
+                filters.append(f.attach())
+        except (LoadError, OSError) as exc:
+            for f in filters:
+                with contextlib.suppress(Exception):
+                    f.detach()
+            for o in objs:
+                o.close()
+            pins.remove()
+            raise FastPathUnavailable(f"loading or attaching the fast-path programs on {ifname} failed: {exc}") from exc
+        return cls(ifname, ifindex, port, objs[0], objs[1], filters, first_pn=first_pn)
+
+    def run(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start draining the registration ring from this event loop."""
+        self._loop = loop
+        self._ring = self.egress.ring_buffer("reg_events", self.registrar.on_record, RegEvent)
+        loop.add_reader(self._ring.epoll_fd, self.drain)
+
+    def stop(self) -> None:
+        """Detach, close, unpin: nothing of this run stays in the kernel."""
+        if self._loop is not None and self._ring is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._ring.epoll_fd)
+        for f in self.filters:
+            with contextlib.suppress(Exception):
+                f.detach()
+        self.filters.clear()
+        pin_dir = self.ingress.pin_dir or self.egress.pin_dir
+        self.egress.close()
+        self.ingress.close()
+        if pin_dir is not None:
+            with contextlib.suppress(OSError):
+                pin_dir.remove()
+        for task in self._tasks:
+            task.cancel()
+
+    # --- wiring into the relay and the connections -----------------------------------------------------------------
+
+    def install(self, relay: Relay) -> None:
+        self.relay = relay
+        relay.hooks = self.hooks
+        relay.forwarder.kernel_copied = self.kernel_copied
+
+    def connection_hooks(self, inner: ConnectionHooks) -> ConnectionHooks:
+        """The HAL's hooks plus the fast path's (registration before every datagram, exports after)."""
+
+        def made(conn: MoqtConnection) -> None:
+            inner.connection_made(conn)
+            self._conns[conn.session] = conn
+
+        def keys(conn: MoqtConnection) -> None:
+            inner.keys_available(conn)
+            self._register_upstream(conn)
+            # route and neighbour lookups need netlink round trips: done now, ready by the first SUBSCRIBE
+            task = asyncio.ensure_future(self._resolve(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        def lost(conn: MoqtConnection) -> None:
+            self._forget(conn)
+            inner.connection_lost(conn)
+
+        def arriving(conn: MoqtConnection) -> None:
+            inner.datagram_arriving(conn)
+            if self.registrar.conns:
+                self.drain()
+
+        def handled(conn: MoqtConnection) -> None:
+            inner.datagram_handled(conn)
+            self._export_acked(conn)
+
+        return ConnectionHooks(made, keys, lost, arriving, handled)
+
+    def drain(self) -> None:
+        """Register every record the program reported (ring readable, or a datagram about to be processed)."""
+        if self._ring is None:
+            return
+        if self.registrar.drain(self._ring):
+            self.stats.drains += 1
+            for quic in self.registrar.touched:
+                proto = self._protocol_of(quic)
+                if proto is not None:
+                    proto.rearm_timer()
+
+    def kernel_copied(self, track: Track, data: bytes, end: int) -> bool:
+        """Did server_ingress clone this upstream datagram (Forwarder: else user space serves kernel subscribers)?"""
+        track_id = self.hooks.track_id(track)
+        if track_id is None:
+            return False
+        try:
+            group, obj = datagram_location(data, end)
+        except Exception:
+            return False
+        return self.ingress.maps["cloned_objects"].lookup(ObjectKey(track_id=track_id, group=group, object=obj)) is not None
+
+    # --- what the hooks ask -----------------------------------------------------------------------------------------
+
+    def _protocol_of(self, quic: QuicConnection) -> MoqtConnection | None:
+        for conn in self._conns.values():
+            if conn._quic is quic:
+                return conn
+        return None
+
+    def _upstream_of(self, session: MoqtSession) -> int | None:
+        return self._upstream_ids.get(session)
+
+    def _downstream_of(self, session: MoqtSession) -> DownstreamPath | None:
+        conn = self._conns.get(session)
+        if conn is None:
+            return None
+        quic = conn._quic
+        if not isinstance(quic, OffloadedQuicConnection) or not quic.offload_status().tx_offloaded:
+            # software protection: a kernel copy would leave unprotected (never), so this one stays in user space
+            self.stats.refused_connections += 1
+            return None
+        peer = quic._peer_cid.cid
+        if len(peer) not in PEER_CID_LENS:
+            self.stats.refused_connections += 1
+            log.info("fast path: peer CID length %d not configured; connection stays in user space", len(peer))
+            return None
+        addresses = self._addresses.get(session)
+        if addresses is None:
+            return None  # not resolved yet: `_resolve` adds its subscriptions when it is
+        registrar, controller, hooks = self.registrar, self.controller, self.hooks
+
+        def next_pn() -> int:
+            return max(int(quic._packet_number), self.first_pn)
+
+        def enable_numbering() -> None:
+            enable(quic)
+            quic.offload_pn_source = lambda: controller.next_pn(hooks.conn_index(session))
+            self.stats.enabled_connections += 1
+
+        send = quic._cryptos[Epoch.ONE_RTT].send
+        return DownstreamPath(
+            addresses, dcid=peer, ifindex=self.ifindex, key_phase=int(send.key_phase), next_pn=next_pn,
+            enable=enable_numbering, bind=lambda slot: registrar.bind(slot, quic), unbind=registrar.unbind,
+        )  # fmt: skip
+
+    async def _resolve(self, conn: MoqtConnection) -> None:
+        try:
+            addresses = await self.lookup_addresses(conn._quic)
+        except (LookupError, OSError) as exc:
+            log.info("fast path: %s; that connection stays in user space", exc)
+            return
+        session = conn.session
+        if session not in self._conns:
+            return  # gone meanwhile
+        self._addresses[session] = addresses
+        # subscriptions answered before the lookup finished join the fast path now
+        for sub in self.relay.subscriptions_of(session) if self.relay is not None else []:
+            self.hooks.subscriber_added(sub.track, sub)
+
+    async def lookup_addresses(self, quic: QuicConnection) -> Addresses:
+        """Where the connection's packets go, from aioquic's path and the kernel's route and neighbour tables."""
+        if not quic._network_paths:
+            raise LookupError("no network path yet")
+        host, dport = quic._network_paths[0].addr[:2]
+        dst = ipaddress.ip_address(host)
+        if isinstance(dst, ipaddress.IPv6Address) and dst.ipv4_mapped is not None:
+            dst = dst.ipv4_mapped
+        async with AsyncIPRoute() as ipr:
+            routes = await _all(ipr.route("get", dst=str(dst)))
+            if not routes:
+                raise LookupError(f"no route to {dst}")
+            oif, src = routes[0].get("RTA_OIF"), routes[0].get("RTA_PREFSRC")
+            if oif != self.ifindex:
+                raise LookupError(f"{dst} is not reached through {self.ifname}")
+            gateway = routes[0].get("RTA_GATEWAY") or str(dst)
+            lladdr = None
+            for n in await _all(ipr.neigh("dump", ifindex=oif)):
+                if n.get("NDA_DST") == gateway and n.get("NDA_LLADDR"):
+                    lladdr = n.get("NDA_LLADDR")
+            if lladdr is None:
+                raise LookupError(f"no neighbour entry for {gateway}")
+            links = await _all(ipr.link("get", index=oif))
+        return Addresses(
+            eth_src=bytes.fromhex(links[0].get("IFLA_ADDRESS").replace(":", "")),
+            eth_dst=bytes.fromhex(str(lladdr).replace(":", "")),
+            src=ipaddress.ip_address(src), dst=dst, sport=self.port, dport=int(dport),
+        )  # fmt: skip
+
+    # --- connection events ---------------------------------------------------------------------------------------
+
+    def _register_upstream(self, conn: MoqtConnection) -> None:
+        """Every offloaded connection may publish: its host CIDs make its packets candidates for cloning."""
+        quic = conn._quic
+        if not isinstance(quic, OffloadedQuicConnection) or not quic.offload_status().rx_offloaded:
+            return
+        self._upstream_ids[conn.session] = self._next_conn_id
+        self._next_conn_id += 1
+        self._sync_upstream_cids(conn.session, frozenset(c.cid for c in quic._host_cids))
+
+    def _sync_upstream_cids(self, session: MoqtSession, cids: frozenset[bytes]) -> None:
+        conn_id = self._upstream_ids.get(session)
+        if conn_id is None:
+            return
+        old = self._upstream_cids.get(session, frozenset())
+        for cid in sorted(cids - old):
+            if len(cid) == HOST_CID_LEN:
+                self.controller.add_upstream(cid, conn_id)
+        for cid in sorted(old - cids):
+            self.controller.remove_upstream(cid)
+        self._upstream_cids[session] = cids
+
+    def _forget(self, conn: MoqtConnection) -> None:
+        session = conn.session
+        self.hooks.session_closed(session)  # idempotent: the relay may have told it already
+        self._sync_upstream_cids(session, frozenset())
+        self._upstream_ids.pop(session, None)
+        self._upstream_cids.pop(session, None)
+        self._exported.pop(session, None)
+        self._peer_cids.pop(session, None)
+        self._addresses.pop(session, None)
+        self._conns.pop(session, None)
+
+    def _export_acked(self, conn: MoqtConnection) -> None:
+        session = conn.session
+        if not self.hooks.enabled(session):
+            return
+        largest = conn._quic._spaces[Epoch.ONE_RTT].largest_acked_packet
+        last = self._exported.get(session)
+        if largest < 0 or (last is not None and largest - last < EXPORT_STEP):
+            return
+        self._exported[session] = largest
+        for slot in self.hooks.slots_of(session):
+            with contextlib.suppress(KeyError):
+                self.controller.set_largest_acked(slot, largest)
+
+    def observe(self, conn: OffloadedQuicConnection, host_cids: frozenset[bytes] | None = None,
+                peer_cid: bytes | None = None, tx_phase: int | None = None) -> None:
+        """NIC offload events (`OffloadObserver`): CID changes and send-key updates reach the maps."""
+        session = next((s for s, c in self._conns.items() if c._quic is conn), None)
+        if session is None:
+            return
+        if host_cids is not None:
+            self._sync_upstream_cids(session, host_cids)
+        if peer_cid is not None:
+            previous = self._peer_cids.get(session)
+            self._peer_cids[session] = peer_cid
+            if previous is None or previous == peer_cid:
+                peer_cid = None  # unchanged; an enabled connection took the CID in use when it was enabled
+        if (peer_cid is not None or tx_phase is not None) and self.hooks.enabled(session):
+            self.hooks.connection_changed(session, dcid=peer_cid, key_phase=tx_phase)
+
+    # --- counters ----------------------------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, Any]:
+        ing = self.ingress.maps["ingress_stats"]
+        eg = self.egress.maps["egress_stats"]
+        return {
+            "ingress": {s.name: ing.sum_percpu(int(s)) for s in IngressStat if s.name != "ST_MAX"},
+            "egress": {s.name: eg.sum_percpu(int(s)) for s in EgressStat if s.name != "EG_MAX"},
+            "registration": vars(self.registrar.stats).copy(),
+            "connections": vars(self.stats).copy(),
+        }
+
+
+class OffloadObserver:
+    """Wraps the NIC offload controller: every call goes through unchanged, and the fast path hears of CID
+    changes and send-key updates in the same synchronous step (so copies carry the current CID and key phase)."""
+
+    def __init__(self, inner: Any, fast: KernelFastPath) -> None:
+        self.inner = inner
+        self.fast = fast
+
+    def install_keys(self, conn: OffloadedQuicConnection, keys: OneRttKeys) -> bool:
+        ok = bool(self.inner.install_keys(conn, keys))
+        if keys.direction is KeyDirection.TX and keys.trigger != "tls":
+            self.fast.observe(conn, tx_phase=keys.key_phase)
+        return ok
+
+    def update_cids(self, conn: OffloadedQuicConnection, host_cids: frozenset[bytes], peer_cid: bytes) -> None:
+        self.inner.update_cids(conn, host_cids, peer_cid)
+        self.fast.observe(conn, host_cids=host_cids, peer_cid=peer_cid)
+
+    def release(self, conn: OffloadedQuicConnection) -> None:
+        self.inner.release(conn)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def _all(call: Any) -> list[Any]:
+    """pyroute2 0.9's async calls return a list or an async generator, depending on the request."""
+    result = await call
+    if hasattr(result, "__aiter__"):
+        return [msg async for msg in result]
+    return list(result)
+
+
+def socket_ifindex(ifname: str) -> int:
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError as exc:
+        raise FastPathUnavailable(f"no device {ifname!r} in this network namespace") from exc
