@@ -142,7 +142,8 @@ class DownstreamConn(Mirror):
         ("key_phase", u8),
         ("prio_set", u8),
         ("priority_threshold", u8),
-        ("_pad0", u8 * 3),
+        ("drop_group_rest", u8),
+        ("_pad0", u8 * 2),
         ("sport", u16),
         ("dport", u16),
         ("src_ip", u8 * 16),
@@ -158,6 +159,13 @@ class DownstreamState(Mirror):
 
     c_name = "downstream_state"
     _fields_ = [("next_pn", u64), ("tx_packets", u64), ("tx_bytes", u64), ("dropped", u64)]
+
+
+class SlotState(Mirror):
+    """slot_state value: the drop policy's per-subscription record (kernel-owned)."""
+
+    c_name = "slot_state"
+    _fields_ = [("drop_group", u64), ("sent", u64), ("priority_drops", u64), ("group_drops", u64)]
 
 
 class ObjectKey(Mirror):
@@ -247,7 +255,8 @@ class EgressStat(IntEnum):
     EG_UNSUPPORTED = 9
     EG_ADJUST_FAILED = 10
     EG_RING_FULL = 11
-    EG_MAX = 12
+    EG_GROUP_DROP = 12
+    EG_MAX = 13
 
 
 MIRRORS: tuple[type[Mirror], ...] = (
@@ -263,6 +272,7 @@ MIRRORS: tuple[type[Mirror], ...] = (
     DownstreamState,
     RegEvent,
     ObjectKey,
+    SlotState,
     EgressConfig,
     DownstreamCid,
     FloorConfig,

@@ -31,6 +31,7 @@ from bpf.structs import (
     DownstreamConn,
     DownstreamState,
     FastTrack,
+    SlotState,
     SubTarget,
     TrackKey,
     TrackSubs,
@@ -80,11 +81,13 @@ def _alias_len(alias: int) -> int:
     raise ValueError("alias does not fit a varint")
 
 
-def _conn_state(addresses: Addresses, dcid: bytes, alias: int, conn_index: int, key_phase: int) -> DownstreamConn:
+def _conn_state(
+    addresses: Addresses, dcid: bytes, alias: int, conn_index: int, key_phase: int, drop_group_rest: bool = True
+) -> DownstreamConn:
     conn = DownstreamConn(
         largest_acked=NO_LARGEST_ACKED, alias=alias, ip_version=addresses.src.version, dcid_len=len(dcid),
         alias_len=_alias_len(alias), enabled=1, key_phase=key_phase & 1, sport=addresses.sport,
-        dport=addresses.dport, conn_index=conn_index,
+        dport=addresses.dport, conn_index=conn_index, drop_group_rest=int(drop_group_rest),
     )
     conn.eth_dst[:], conn.eth_src[:] = list(addresses.eth_dst), list(addresses.eth_src)
     conn.dcid[: len(dcid)] = list(dcid)
@@ -167,6 +170,7 @@ class FastPathController:
     def add_subscriber(
         self, slot: int, track_id: int, ifindex: int, addresses: Addresses, dcid: bytes, alias: int,
         next_pn: int, conn_index: int | None = None, key_phase: int = 0, seed_pn: bool = True,
+        drop_group_rest: bool = True,
     ) -> None:
         """Subscription ``slot`` of a downstream connection to ``track_id``, leaving by device ``ifindex``.
         ``conn_index`` names the connection's PN counter (default: the slot); ``seed_pn=False`` when the program
@@ -179,7 +183,11 @@ class FastPathController:
             raise FastPathFull(f"track {track_id} has {TRACK_SUBS_PER_TRACK} fast-path subscribers")
         if seed_pn:
             self.egress["downstream_state"].update(index, DownstreamState(next_pn=next_pn))
-        self.egress["downstream_conns"].update(slot, _conn_state(addresses, dcid, alias, index, key_phase))
+        if "slot_state" in self.egress:  # the policy's record starts empty for every new subscription
+            self.egress["slot_state"].update(slot, SlotState())
+        self.egress["downstream_conns"].update(
+            slot, _conn_state(addresses, dcid, alias, index, key_phase, drop_group_rest)
+        )
         subs.sub[subs.count] = SubTarget(slot=slot, ifindex=ifindex)
         subs.count += 1
         self.ingress["track_subs"].update(track_id, subs)  # last: clones start only now
@@ -221,6 +229,10 @@ class FastPathController:
 
     def set_key_phase(self, slot: int, phase: int) -> None:
         self._modify(slot, key_phase=phase & 1)
+
+    def slot_state(self, slot: int) -> SlotState | None:
+        """What the drop policy did for one subscription (sent, priority drops, group drops)."""
+        return self.egress["slot_state"].lookup(slot) if "slot_state" in self.egress else None
 
     def next_pn(self, conn_index: int) -> int:
         """The program's counter: the next packet number it will assign on that connection."""

@@ -73,6 +73,8 @@ class KernelFastPathHooks:
     upstream_of: Callable[[MoqtSession], int | None]
     datagram_track: Callable[[Track], bool]
     full: int = 0  # subscriptions kept on the slow path because a capacity ran out (invariant 6)
+    drop_group_rest: bool = True  # the drop policy's "rest of the group" rule, per new subscription
+    on_slot_freed: Callable[[int], None] = lambda slot: None
     _free_slots: list[int] = field(default_factory=lambda: list(range(SLOT_MAX - 1, -1, -1)))
     _free_indexes: list[int] = field(default_factory=lambda: list(range(SLOT_MAX - 1, -1, -1)))
     _next_track_id: int = 1
@@ -92,6 +94,10 @@ class KernelFastPathHooks:
         """Every slot of an enabled connection, connection slot first (for per-connection exports)."""
         conn = self._conns.get(session)
         return conn.all_slots() if conn is not None else []
+
+    def subscriptions(self) -> list[tuple[Downstream, int]]:
+        """Every kernel-served subscription with its slot."""
+        return sorted(self._slot_of.items(), key=lambda item: item[1])
 
     def conn_index(self, session: MoqtSession) -> int:
         """The connection's PN counter index (KeyError when not enabled)."""
@@ -138,6 +144,7 @@ class KernelFastPathHooks:
             ctl.add_subscriber(
                 slot, ft.track_id, path.ifindex, path.addresses, path.dcid, sub.alias, next_pn=0,
                 conn_index=conn.conn_index, key_phase=path.key_phase, seed_pn=False,
+                drop_group_rest=self.drop_group_rest,
             )  # fmt: skip
         except (FastPathFull, OSError, ValueError) as exc:
             # keep this subscription on the slow path; undo whatever part reached the maps
@@ -229,6 +236,7 @@ class KernelFastPathHooks:
         if slot is None:
             return
         self.controller.remove_subscriber(slot)  # fan-out lists first, then the state
+        self.on_slot_freed(slot)
         del self._sub_of[slot]
         sub.kernel = False
         sub.track.refresh()

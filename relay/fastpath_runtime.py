@@ -43,6 +43,7 @@ from bpf.structs import (
 from crypto_offload.aioquic_offload import OffloadedQuicConnection, OneRttKeys
 from crypto_offload.api import Direction as KeyDirection
 from relay.cache import datagram_location
+from relay.drop_policy import DropPolicy
 from relay.fastpath import Addresses, FastPathController
 from relay.fastpath_hooks import DownstreamPath, KernelFastPathHooks
 from relay.moqt.session import MoqtSession
@@ -68,6 +69,7 @@ class FastPathStats:
     enabled_connections: int = 0
     refused_connections: int = 0  # offloaded connections that could not be enabled (no TX offload, no neighbour)
     drains: int = 0
+    congestion_onsets: int = 0  # times a connection entered the congested state (drop threshold set)
 
 
 @dataclass
@@ -81,6 +83,7 @@ class KernelFastPath:
     egress: BpfObject
     filters: list[TcFilter]
     first_pn: int = 0  # test knob: start every enabled connection's numbering at least here
+    policy: DropPolicy = field(default_factory=DropPolicy)
     controller: FastPathController = field(init=False)
     hooks: KernelFastPathHooks = field(init=False)
     registrar: Registrar = field(default_factory=Registrar)
@@ -96,15 +99,20 @@ class KernelFastPath:
     _addresses: dict[MoqtSession, Addresses] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     relay: Relay | None = None
+    _congested: dict[MoqtSession, bool] = field(default_factory=dict)
+    _policing: set[int] = field(default_factory=set)  # subscription slots whose threshold is in force
 
     def __post_init__(self) -> None:
         self.controller = FastPathController(self.ingress.maps, self.egress.maps)
-        self.hooks = KernelFastPathHooks(self.controller, self._downstream_of, self._upstream_of, lambda t: True)
+        self.hooks = KernelFastPathHooks(self.controller, self._downstream_of, self._upstream_of, lambda t: True,
+                                         drop_group_rest=self.policy.rest_of_group,
+                                         on_slot_freed=self._policing.discard)
 
     # --- life cycle ---------------------------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, ifname: str, port: int, pin_prefix: str | None = None, first_pn: int = 0) -> KernelFastPath:
+    def start(cls, ifname: str, port: int, pin_prefix: str | None = None, first_pn: int = 0,
+              policy: DropPolicy | None = None) -> KernelFastPath:
         """Load both programs (configured for the relay's UDP port), attach them to ``ifname`` in the current
         network namespace, and pin their maps under /sys/fs/bpf/<pin_prefix> (for `relay stats`)."""
         ingress_o, egress_o = build_path("server_ingress"), build_path("client_egress")
@@ -137,13 +145,16 @@ class KernelFastPath:
                 o.close()
             pins.remove()
             raise FastPathUnavailable(f"loading or attaching the fast-path programs on {ifname} failed: {exc}") from exc
-        return cls(ifname, ifindex, port, objs[0], objs[1], filters, first_pn=first_pn)
+        return cls(ifname, ifindex, port, objs[0], objs[1], filters, first_pn=first_pn, policy=policy or DropPolicy())
 
     def run(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start draining the registration ring from this event loop."""
         self._loop = loop
         self._ring = self.egress.ring_buffer("reg_events", self.registrar.on_record, RegEvent)
         loop.add_reader(self._ring.epoll_fd, self.drain)
+        if self.policy.drop_above is not None:
+            task = loop.create_task(self._police_forever())
+            self._tasks.add(task)
 
     def stop(self) -> None:
         """Detach, close, unpin: nothing of this run stays in the kernel."""
@@ -340,6 +351,7 @@ class KernelFastPath:
         self._upstream_cids.pop(session, None)
         self._exported.pop(session, None)
         self._peer_cids.pop(session, None)
+        self._congested.pop(session, None)
         self._addresses.pop(session, None)
         self._conns.pop(session, None)
 
@@ -372,6 +384,49 @@ class KernelFastPath:
         if (peer_cid is not None or tx_phase is not None) and self.hooks.enabled(session):
             self.hooks.connection_changed(session, dcid=peer_cid, key_phase=tx_phase)
 
+    # --- drop policy -------------------------------------------------------------------------------------------
+
+    async def _police_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.policy.interval)
+            try:
+                self.police()
+            except Exception:  # a policy bug must not stop forwarding
+                log.exception("drop policy sweep failed")
+
+    def police(self) -> None:
+        """One sweep: each enabled connection's congestion state becomes its subscriptions' priority threshold."""
+        for session, conn in list(self._conns.items()):
+            if not self.hooks.enabled(session):
+                continue
+            loss = conn._quic._loss
+            was = self._congested.get(session, False)
+            now = self.policy.congested(int(loss.bytes_in_flight), int(loss.congestion_window), was)
+            slots = self.hooks.slots_of(session)[1:]  # subscription slots (the first is the connection's own)
+            fresh = [s for s in slots if (s in self._policing) != now]
+            if now == was and not fresh:
+                continue
+            self._congested[session] = now
+            if now and not was:
+                self.stats.congestion_onsets += 1
+            for slot in fresh:
+                with contextlib.suppress(KeyError):
+                    self.controller.set_priority_threshold(slot, self.policy.drop_above if now else None)
+                    if now:
+                        self._policing.add(slot)
+                    else:
+                        self._policing.discard(slot)
+
+    def subscription_stats(self) -> list[dict[str, int]]:
+        """Per kernel-served subscription: slot, copies sent, drops by reason (for `relay stats` and reports)."""
+        out = []
+        for sub, slot in self.hooks.subscriptions():
+            st = self.controller.slot_state(slot)
+            if st is not None:
+                out.append({"slot": slot, "request_id": sub.request_id, "sent": int(st.sent),
+                            "priority_drops": int(st.priority_drops), "group_drops": int(st.group_drops)})
+        return out
+
     # --- counters ----------------------------------------------------------------------------------------------
 
     def counters(self) -> dict[str, Any]:
@@ -382,6 +437,7 @@ class KernelFastPath:
             "egress": {s.name: eg.sum_percpu(int(s)) for s in EgressStat if s.name != "EG_MAX"},
             "registration": vars(self.registrar.stats).copy(),
             "connections": vars(self.stats).copy(),
+            "subscriptions": self.subscription_stats(),
         }
 
 

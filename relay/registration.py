@@ -63,6 +63,7 @@ class RegistrationStats:
     unmatched_user: int = 0  # kind 2 without a waiting aioquic entry
     duplicate_pn: int = 0  # a PN already in the history: never overwrite (invariant 1 says it cannot happen)
     reordered: int = 0  # batches that needed the history re-sorted
+    largest_pn: int = -1  # largest packet number registered on any connection (tests: crossing 2^16)
 
 
 def enable(conn: QuicConnection) -> int:
@@ -161,6 +162,7 @@ class Registrar:
                 conn._loss.on_packet_sent(packet=packet, space=space)
                 self.stats.clones += 1
             last = max(last, pn)
+            self.stats.largest_pn = max(self.stats.largest_pn, pn)
             done += 1
         if unordered:
             _sort_in_place(history)

@@ -28,6 +28,7 @@ from hal.base import Hal, HalError, HalFactory
 from hal.none import NoneFactory
 from relay.cache import ObjectCache
 from relay.config import ConfigError, RelayConfig, load_config
+from relay.drop_policy import PRIORITY_P_FRAMES, DropPolicy
 from relay.fastpath_runtime import FastPathUnavailable, KernelFastPath, OffloadObserver
 from relay.quic import ConnectionHooks, MoqtConnection, make_configuration, parse_url, serve_moqt
 from relay.relay import Relay
@@ -109,6 +110,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--recovery", choices=("user",), default="user",
         help="who tracks forwarded packets for ACKs and congestion control: user = every kernel-sent packet is "
         "registered in aioquic's recovery (per-packet records, the thesis design)",
+    )  # fmt: skip
+    g.add_argument(
+        "--drop-above", metavar="PRIORITY", default=str(PRIORITY_P_FRAMES),
+        help="drop policy of the fast path: while a subscriber is congested, its copies of objects whose publisher "
+        "priority is greater than PRIORITY are dropped in the kernel (default 127: `relay pub` sends I-frames at 0 "
+        "and P-frames at 128); `none` turns the policy off",
+    )  # fmt: skip
+    g.add_argument(
+        "--congestion-high", metavar="FRACTION", type=float, default=0.9,
+        help="a subscriber counts as congested once its bytes in flight reach FRACTION of its congestion window",
+    )  # fmt: skip
+    g.add_argument(
+        "--congestion-low", metavar="FRACTION", type=float, default=0.6,
+        help="... and stops counting as congested below this FRACTION (hysteresis)",
+    )  # fmt: skip
+    g.add_argument(
+        "--drop-group-rest", choices=("on", "off"), default="on",
+        help="after the policy drops an object, drop the rest of its group for that subscriber too (later objects "
+        "of a group depend on earlier ones); off = judge every object alone",
     )  # fmt: skip
     g.add_argument(
         "--fast-path-first-pn", metavar="N", type=int, default=0,
@@ -219,16 +239,30 @@ def _start_fast_path(
     want_fast, error = _fast_path_wanted(args, hal)
     if error or not want_fast:
         return None, port, error
+    try:
+        policy = drop_policy(args)
+    except ValueError as exc:
+        return None, port, str(exc)
     if port == 0:
         port = _free_udp_port(host)
     try:
-        fast = KernelFastPath.start(hal.ports()[0].ifname, port, first_pn=max(0, args.fast_path_first_pn))
+        fast = KernelFastPath.start(hal.ports()[0].ifname, port, first_pn=max(0, args.fast_path_first_pn),
+                                    policy=policy)
     except FastPathUnavailable as exc:
         if args.fast_path == "on":
             return None, port, str(exc)
         logging.getLogger("relay.fastpath").warning("fast path off: %s", exc)
         return None, port, None
     return fast, port, None
+
+
+def drop_policy(args: argparse.Namespace) -> DropPolicy:
+    """The drop policy from the command line (ValueError says which option is wrong)."""
+    above = str(args.drop_above).lower()
+    if above != "none" and not above.isdigit():
+        raise ValueError(f"--drop-above {args.drop_above!r}: give a priority 0..255 or `none`")
+    return DropPolicy(drop_above=None if above == "none" else int(above), high=args.congestion_high,
+                      low=args.congestion_low, rest_of_group=args.drop_group_rest == "on")
 
 
 def _free_udp_port(host: str) -> int:

@@ -359,7 +359,9 @@ static __always_inline int handle_clone(struct __sk_buff *skb, __u32 mark)
 	struct cursor c;
 	struct downstream_conn *conn;
 	struct downstream_state *ds;
+	struct slot_state *ss;
 	__u32 slot = mark & 0xffff, dcid_len = (mark >> 16) & 0xff;
+	int verdict;
 
 	skb->mark = 0; /* internal to the fast path: never leaves with the copy */
 	if (parse_l2_l4(skb, &c, &r) < 0 || dcid_len > QUIC_MAX_CID_LEN ||
@@ -374,12 +376,27 @@ static __always_inline int handle_clone(struct __sk_buff *skb, __u32 mark)
 		return drop(EG_NO_SUBSCRIBER, NULL);
 	if (!conn->enabled)
 		return drop(EG_DISABLED, ds);
+	ss = bpf_map_lookup_elem(&slot_state, &slot);
+	if (!ss)
+		return drop(EG_NO_SUBSCRIBER, ds);
+	/* The rest of a group whose earlier object was dropped cannot be decoded (docs/fastpath.md,
+	 * drop policy): drop it too, until the next group starts. */
+	if (conn->drop_group_rest && ss->drop_group == r.group + 1) {
+		ss->group_drops += 1;
+		return drop(EG_GROUP_DROP, ds);
+	}
 	/* MoQT draft-14: lower Publisher Priority values are more important. */
-	if (conn->prio_set && r.priority > conn->priority_threshold)
+	if (conn->prio_set && r.priority > conn->priority_threshold) {
+		ss->drop_group = r.group + 1;
+		ss->priority_drops += 1;
 		return drop(EG_PRIORITY_DROP, ds);
+	}
 	if (conn->alias_len != r.alias_len)
 		return drop(EG_ALIAS_LEN, ds);
-	return rewrite(skb, &r, conn, ds, slot, 1);
+	verdict = rewrite(skb, &r, conn, ds, slot, 1);
+	if (verdict == TC_ACT_OK)
+		ss->sent += 1;
+	return verdict;
 }
 
 static __always_inline int handle_user(struct __sk_buff *skb)

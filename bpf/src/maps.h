@@ -87,6 +87,15 @@ struct {
 	__type(value, struct downstream_conn);
 } downstream_conns SEC(".maps");
 
+/* slot -> what the drop policy did for that subscription (kernel-owned, zeroed by the controller
+ * before the slot is used). An array: looked up on every copy. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DOWNSTREAM_CONNS_MAX);
+	__type(key, __u32);
+	__type(value, struct slot_state);
+} slot_state SEC(".maps");
+
 /* conn_index -> packet-number counter and tx counters of one downstream connection (kernel-owned;
  * see struct downstream_state). Same capacity as slots: at most one connection per slot. */
 struct {

@@ -133,7 +133,9 @@ struct downstream_conn {
 	__u8 key_phase;                    /* 0 or 1: Key Phase bit (RFC 9000 section 17.3.1) */
 	__u8 prio_set;                     /* 1: priority_threshold is in force */
 	__u8 priority_threshold;           /* drop objects whose publisher priority is greater */
-	__u8 _pad0[3];
+	__u8 drop_group_rest;              /* 1: after a policy drop, drop the rest of that group too
+					    * (later objects of a group depend on earlier ones) */
+	__u8 _pad0[2];
 	__u16 sport;                       /* relay's client-side UDP port */
 	__u16 dport;                       /* subscriber's UDP port */
 	__u8 src_ip[16];                   /* IPv4 in the first 4 bytes */
@@ -142,6 +144,16 @@ struct downstream_conn {
 	__u32 conn_index;                  /* downstream_state index: one per downstream connection,
 					    * shared by all its slots (one PN counter, invariant 1) */
 	__u32 _pad2;
+};
+
+/* Value of the slot_state array (index: downstream_conns slot): what the drop policy did to one
+ * subscription. Kernel-owned (the controller zeroes it before the slot is used); plain adds: a
+ * slot's copies are rewritten on one CPU at a time in practice, and these are statistics. */
+struct slot_state {
+	__u64 drop_group;                  /* group whose rest is being dropped, plus one; 0 = none */
+	__u64 sent;                        /* copies sent for this subscription */
+	__u64 priority_drops;              /* copies dropped by the priority threshold */
+	__u64 group_drops;                 /* copies dropped as the rest of a dropped group */
 };
 
 /* Value of the downstream_state array (index: downstream_conn.conn_index): owned by the program once the controller
@@ -237,6 +249,7 @@ enum egress_stat {
 	EG_UNSUPPORTED,                    /* IP family change, or resize with IPv4 options */
 	EG_ADJUST_FAILED,                  /* bpf_skb_adjust_room or a store failed */
 	EG_RING_FULL,                      /* no room for the registration record: not sent */
+	EG_GROUP_DROP,                     /* rest of a group whose earlier object the policy dropped */
 	EG_MAX,
 };
 

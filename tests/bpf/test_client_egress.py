@@ -30,6 +30,7 @@ from bpf.structs import (
     EgressConfig,
     EgressStat,
     RegEvent,
+    SlotState,
 )
 from bpf.testrun import TC_ACT_OK, TC_ACT_SHOT
 from tests.bpf.fastpath_model import (
@@ -406,3 +407,19 @@ def test_verifier_cost_with_every_dcid_length(bpf_build: Path) -> None:
     with BpfObject.load(build_path("client_egress"), rodata={"egress_cfg": cfg}, log_level=4) as obj:
         (line,) = [x for x in obj.log.splitlines() if x.startswith("processed ")]
     assert int(line.split()[1]) < 400_000, line
+
+
+def test_policy_drop_takes_the_rest_of_the_group(prog: Egress) -> None:
+    """Drop policy: once the threshold drops an object, the rest of its group follows (its later objects depend on
+    it); the next group starts clean, and slot_state counts each reason for the subscription."""
+    prog.maps["slot_state"].update(SLOT, SlotState())
+    conn = conn_of(replace(SUB4, priority_threshold=3))
+    conn.drop_group_rest, conn.conn_index = 1, SLOT
+    prog.maps["downstream_state"].update(SLOT, DownstreamState(next_pn=SUB4.next_pn))
+    prog.maps["downstream_conns"].update(SLOT, conn)
+    verdicts = [run(prog, replace(UP, group=group, obj=obj, priority=prio).build(), clone_mark())[0]
+                for group, obj, prio in ((10, 0, 0), (10, 1, 4), (10, 2, 0), (11, 0, 0), (11, 1, 0))]
+    assert verdicts == [TC_ACT_OK, TC_ACT_SHOT, TC_ACT_SHOT, TC_ACT_OK, TC_ACT_OK]
+    assert stats(prog) == {E.EG_CLONE_SENT: 3, E.EG_PRIORITY_DROP: 1, E.EG_GROUP_DROP: 1}
+    st = prog.maps["slot_state"].lookup(SLOT)
+    assert (st.sent, st.priority_drops, st.group_drops) == (3, 1, 1)
