@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("sim.cli", "bring the simulated network up or down, list it, run a command in a node"),
     "demo": ("sim.demo", "run the demonstration end to end and write a report"),
     "offload-check": ("relay.offload_check_cli", "check that BPF programs fit a target (nfp, host-tc, host-xdp)"),
+    "conformance": ("relay.conformance_cli", "run the HAL conformance suite against a NIC backend (--hal NAME)"),
 }
 SERVE_MODULE = "relay.serve"
 
