@@ -22,7 +22,7 @@ class DropPolicy:
     high: float = 0.9  # congested once bytes in flight >= high * window
     low: float = 0.6  # ... until they fall below low * window
     rest_of_group: bool = True  # a dropped object takes the rest of its group with it
-    interval: float = 0.005  # seconds between sweeps
+    interval: float = 0.02  # seconds between sweeps (each costs Python work per enabled connection)
 
     def __post_init__(self) -> None:
         if self.drop_above is not None and not 0 <= self.drop_above <= 255:

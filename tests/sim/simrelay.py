@@ -4,6 +4,7 @@ Every child (relay, publisher, subscribers, tcpdump) is a real process we starte
 handle (SIGTERM, then SIGKILL), and `leftovers()` lists whatever of a prefix survived a teardown.
 
     python -m tests.sim.simrelay --duration 10 --subscribers 5   # relay CPU per copy, --hal sim vs --hal none
+    python -m tests.sim.simrelay --compare-fast-path --mode datagram --subscribers 10   # fast path on vs off
 """
 
 from __future__ import annotations
@@ -208,15 +209,59 @@ def leftovers(prefix: str) -> list[str]:
 
 # --- measurement: relay CPU per delivered copy, --hal sim vs --hal none --------------------------------------------
 
+def program_run_ns(relay_pid: int) -> int:
+    """Run time of the relay's pinned fast-path programs so far (kernel.bpf_stats_enabled must be 1)."""
+    total = 0
+    for name in ("server_ingress", "client_egress"):
+        pin = Path(f"/sys/fs/bpf/moq-relay-{relay_pid}/{name}")
+        if pin.exists():
+            out = subprocess.run(["bpftool", "-j", "prog", "show", "pinned", str(pin)], capture_output=True,
+                                 text=True, check=True).stdout
+            total += int(json.loads(out).get("run_time_ns", 0))
+    return total
+
+
 def _measure(world: SimWorld, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """One round with the relay's CPU sampled over the publishing window."""
+    """One round with the relay's CPU sampled over the publishing window (plus its programs' run time)."""
     assert world.relay is not None
+    pid = world.relay.proc.pid
+    before = program_run_ns(pid)
     result = pubsub_round(world, tmp, args.mode, duration=args.duration, layout=(("sub0", args.subscribers),),
-                          bitrate=args.bitrate, cpu_pid=world.relay.proc.pid)
+                          bitrate=args.bitrate, cpu_pid=pid, fps=args.fps)
+    prog_s = (program_run_ns(pid) - before) / 1e9
     cpu = result.relay_cpu_s or 0.0
     copies = sum(int(r.get("objects", 0)) for r in result.reports)
-    return {"copies": copies, "relay_cpu_s": round(cpu, 3),
-            "us_per_copy": round(cpu / copies * 1e6, 1) if copies else None, "problems": result.problems()}
+    p50 = [r["latency_ms"]["p50"] for r in result.reports if r.get("latency_ms", {}).get("p50") is not None]
+    p99 = [r["latency_ms"]["p99"] for r in result.reports if r.get("latency_ms", {}).get("p99") is not None]
+    return {"copies": copies, "relay_cpu_s": round(cpu, 3), "programs_s": round(prog_s, 4),
+            "us_per_copy": round((cpu + prog_s) / copies * 1e6, 1) if copies else None,
+            "latency_p50_ms_median": round(sorted(p50)[len(p50) // 2], 3) if p50 else None,
+            "latency_p99_ms_max": round(max(p99), 3) if p99 else None, "problems": result.problems()}
+
+
+def compare_fast_path(args: argparse.Namespace) -> dict[str, Any]:
+    """--hal sim with the kernel fast path on vs off, same sim, same workload, one run (bpf_stats on meanwhile)."""
+    prefix = f"m{os.getpid() % 100000}"
+    tmp = Path(tempfile.mkdtemp(prefix="moq-measure-"))
+    out: dict[str, Any] = {}
+    stats_path = Path("/proc/sys/kernel/bpf_stats_enabled")
+    old = stats_path.read_text().strip()
+    stats_path.write_text("1")
+    topo = Topology.up(prefix, publishers=1, subscribers=1)
+    world = SimWorld(topo, tmp / "state")
+    try:
+        for mode in ("on", "off"):
+            world.ensure_relay(("--fast-path", mode, *args.relay_arg))
+            out[f"fast_path_{mode}"] = _measure(world, tmp / mode, args)
+            world.stop_relay()
+    finally:
+        world.stop_relay()
+        topo.down()
+        stats_path.write_text(old)
+    on, off = out["fast_path_on"]["us_per_copy"], out["fast_path_off"]["us_per_copy"]
+    if on and off:
+        out["ratio_off_to_on"] = round(off / on, 2)
+    return out
 
 
 def main() -> int:
@@ -225,7 +270,14 @@ def main() -> int:
     parser.add_argument("--subscribers", type=int, default=5)
     parser.add_argument("--mode", default="stream-per-group")
     parser.add_argument("--bitrate", default="2M")
+    parser.add_argument("--fps", type=int, default=30, help="objects per second (datagram mode: at most 1000 B each)")
+    parser.add_argument("--relay-arg", action="append", default=[], help="extra relay argument (repeatable)")
+    parser.add_argument("--compare-fast-path", action="store_true",
+                        help="--hal sim with the fast path on vs off (instead of --hal sim vs --hal none)")
     args = parser.parse_args()
+    if args.compare_fast_path:
+        print(json.dumps(compare_fast_path(args), indent=2))
+        return 0
     prefix = f"m{os.getpid() % 100000}"
     tmp = Path(tempfile.mkdtemp(prefix="moq-measure-"))
     out: dict[str, Any] = {}

@@ -146,3 +146,24 @@ def test_churn_leaves_no_copy_and_empty_maps(world: SimWorld, tmp_path: Path) ->
             assert r.get("objects_late_after_unsubscribe") == 0, r
     assert c["egress"]["EG_CLONE_SENT"] > 0
     assert not pin.exists()  # unpinned at exit
+
+
+def test_loss_on_a_subscriber_link_is_recovered_in_stream_mode(world: SimWorld, tmp_path: Path) -> None:
+    """5 % loss towards sub0: aioquic's loss detection (on, working on the renumbered packet numbers) retransmits
+    stream data; datagram copies lost on the link stay lost and are counted by aioquic as lost packets."""
+    world.topo.set_link("sub0", LinkShape(loss=0.05, direction="down"))
+    try:
+        world.ensure_relay(FAST)
+        result = pubsub_round(world, tmp_path / "stream", "stream-per-group", duration=3.0,
+                              layout=(("sub0", 2), ("sub1", 1)))
+        lossy = pubsub_round(world, tmp_path / "datagram", "datagram", duration=3.0, layout=(("sub0", 2), ("sub1", 1)))
+        c = stop_and_count(world)
+    finally:
+        world.stop_relay()
+        world.topo.set_link("sub0", None)
+    assert result.problems() == [], result.logs
+    assert c["egress"]["EG_USER_RENUMBERED"] > 0 and c["registration"]["unmatched_user"] == 0
+    want = lossy.published["objects"]
+    assert lossy.reports[2]["objects"] == want  # sub1: clean link
+    assert any(r["objects"] < want for r in lossy.reports[:2]), lossy.reports  # copies lost on the link stay lost
+    assert c["egress"]["EG_CLONE_SENT"] >= 3 * want
