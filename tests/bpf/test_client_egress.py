@@ -93,12 +93,17 @@ def clone_mark(slot: int = SLOT, up_dcid_len: int = len(UP_DCID)) -> int:
     return FASTPATH_MARK_MAGIC | up_dcid_len << 16 | slot
 
 
+def load_egress(port: int = RELAY_PORT) -> BpfObject:
+    """client_egress for relay port `port`, trying 8-byte DCIDs for user-space packets (what the tests send)."""
+    cfg = EgressConfig()
+    cfg.port[0] = port
+    cfg.dcid_len[:] = [8, 0xFF, 0xFF, 0xFF]
+    return BpfObject.load(build_path("client_egress"), rodata={"egress_cfg": cfg})
+
+
 @pytest.fixture(scope="module")
 def egress(bpf_build: Path) -> Iterator[BpfObject]:
-    cfg = EgressConfig()
-    cfg.port[0] = RELAY_PORT
-    cfg.dcid_len[:] = [8, 0xFF, 0xFF, 0xFF]
-    with BpfObject.load(build_path("client_egress"), rodata={"egress_cfg": cfg}) as obj:
+    with load_egress() as obj:
         yield obj
 
 

@@ -19,7 +19,6 @@ from bpf.loader import BpfObject, build_path
 from bpf.structs import (
     CidKey,
     DownstreamState,
-    EgressConfig,
     EgressStat,
     FastTrack,
     IngressConfig,
@@ -35,7 +34,7 @@ from relay.fastpath import Addresses, FastPathController
 from tests.bpf.fastpath_model import expected_copy, udp_checksum_ok
 from tests.bpf.netns import ifindex, in_netns, ip, veth_netns
 from tests.bpf.packets import Moq
-from tests.bpf.test_client_egress import SUB4, conn_of
+from tests.bpf.test_client_egress import SUB4, conn_of, load_egress
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
 
@@ -65,10 +64,7 @@ def ingress(bpf_build: Path) -> Iterator[BpfObject]:
 
 @pytest.fixture
 def egress(bpf_build: Path) -> Iterator[BpfObject]:
-    cfg = EgressConfig()
-    cfg.port[0] = PORT
-    cfg.dcid_len[:] = [8, 0xFF, 0xFF, 0xFF]
-    with BpfObject.load(build_path("client_egress"), rodata={"egress_cfg": cfg}) as obj:
+    with load_egress(PORT) as obj:
         yield obj
 
 

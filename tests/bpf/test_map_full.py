@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from bpf.loader import BpfObject, build_path
-from bpf.structs import CidKey, DownstreamCid, DownstreamState, EgressConfig, EgressStat, SlotState
+from bpf.loader import BpfObject
+from bpf.structs import CidKey, DownstreamCid, DownstreamState, EgressStat, SlotState
 from bpf.testrun import TC_ACT_OK, TC_ACT_SHOT
 from relay.fastpath import FastPathController
 from tests.bpf.packets import Moq
-from tests.bpf.test_client_egress import RELAY_PORT, SLOT, SUB4, UP, clone_mark, conn_of, run
+from tests.bpf.test_client_egress import SLOT, SUB4, UP, clone_mark, conn_of, load_egress, run
 from tests.unit.test_fastpath_controller import ADDR4
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
@@ -26,10 +26,7 @@ pytestmark = [pytest.mark.root, pytest.mark.bpf]
 
 @pytest.fixture
 def egress(bpf_build: Path) -> Iterator[BpfObject]:
-    cfg = EgressConfig()
-    cfg.port[0] = RELAY_PORT
-    cfg.dcid_len[:] = [8, 0xFF, 0xFF, 0xFF]
-    with BpfObject.load(build_path("client_egress"), rodata={"egress_cfg": cfg}) as obj:
+    with load_egress() as obj:  # a fresh object: these tests fill its maps
         yield obj
 
 

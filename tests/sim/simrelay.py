@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,8 @@ from typing import Any
 from crypto_offload.api import Counters
 from crypto_offload.control import RemoteKeyInstaller
 from sim.demo import process_cpu_seconds
-from sim.state import state_dir
-from sim.topology import Topology
+from sim.state import SimStateError, state_dir
+from sim.topology import Topology, down_prefix
 from tests.integration.relay_process import LineReader, relay_env, stop
 
 STARTUP_TIMEOUT = 30.0
@@ -98,6 +99,24 @@ class SimWorld:
             return installer.stats().port
         finally:
             installer.close()
+
+
+@contextlib.contextmanager
+def sim_world(tag: str, subscribers: int, tmp: Path) -> Iterator[SimWorld]:
+    """A sim with 1 publisher and `subscribers` nodes under a fresh prefix; afterwards nothing of it remains."""
+    prefix = f"{tag}{uuid.uuid4().hex[:5]}"
+    w: SimWorld | None = None
+    try:
+        w = SimWorld(Topology.up(prefix, publishers=1, subscribers=subscribers), tmp)
+        yield w
+    finally:
+        if w is not None:
+            w.stop_relay()
+        with contextlib.suppress(SimStateError):  # already gone: a failed up() removes what it made
+            down_prefix(prefix)
+    left = leftovers(prefix)
+    if left:
+        raise AssertionError(f"left behind by sim {prefix}: {left}")
 
 
 def control_socket(prefix: str) -> str:

@@ -9,10 +9,8 @@ policy); subscribe/unsubscribe churn leaves no copy for a departed subscriber an
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +18,7 @@ from typing import Any
 import pytest
 
 from sim.links import LinkShape
-from sim.state import SimStateError
-from sim.topology import Topology, down_prefix
-from tests.sim.simrelay import RoundResult, SimWorld, leftovers, pubsub_round
+from tests.sim.simrelay import RoundResult, SimWorld, pubsub_round, sim_world
 from tests.support import have_root, have_tool, require
 
 pytestmark = [pytest.mark.sim, pytest.mark.root, pytest.mark.bpf]
@@ -36,17 +32,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimWorld]:
     """1 publisher node, 3 subscriber nodes (sub0 may be shaped by a test; it is reset afterwards)."""
     require(have_root(), "root (namespaces, veths, tc, BPF)")
     require(have_tool("bpftool"), "bpftool")
-    prefix = f"fp{uuid.uuid4().hex[:5]}"
-    w: SimWorld | None = None
-    try:
-        w = SimWorld(Topology.up(prefix, publishers=1, subscribers=3), tmp_path_factory.mktemp("fastpath"))
+    with sim_world("fp", 3, tmp_path_factory.mktemp("fastpath")) as w:
         yield w
-    finally:
-        if w is not None:
-            w.stop_relay()
-        with contextlib.suppress(SimStateError):
-            down_prefix(prefix)
-    assert leftovers(prefix) == []
 
 
 def stop_and_count(world: SimWorld) -> dict[str, Any]:

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from sim.state import SimStateError, state_dir
-from sim.topology import Topology, down_prefix
+from sim.topology import down_prefix
 from tests.integration.relay_process import LineReader, relay_env, stop
-from tests.sim.simrelay import FILL, SimWorld, capture, leftovers, pubsub_round
+from tests.sim.simrelay import FILL, SimWorld, capture, leftovers, pubsub_round, sim_world
 from tests.support import have_root, have_tool, require
 
 pytestmark = [pytest.mark.sim, pytest.mark.root]
@@ -34,18 +34,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimWorld]:
     """One sim (1 publisher, 2 subscriber nodes) for the module; the relay is (re)started by the tests."""
     require(have_root(), "root (namespaces, veths, tc)")
     require(have_tool("tcpdump"), "tcpdump")
-
-    prefix = f"h{uuid.uuid4().hex[:6]}"
-    w: SimWorld | None = None
-    try:
-        w = SimWorld(Topology.up(prefix, publishers=1, subscribers=2), tmp_path_factory.mktemp("hal-sim"))
+    with sim_world("h", 2, tmp_path_factory.mktemp("hal-sim")) as w:
         yield w
-    finally:
-        if w is not None:
-            w.stop_relay()
-        with contextlib.suppress(SimStateError):  # already gone: a failed up() removes what it made
-            down_prefix(prefix)
-    assert leftovers(prefix) == []
 
 
 def test_every_mode_reaches_five_subscribers_encrypted_on_the_wire(world: SimWorld, tmp_path: Path) -> None:
