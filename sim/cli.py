@@ -65,20 +65,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub.add_parser("down", parents=[prefix], help="remove everything `up` created for the prefix")
 
 
-def _sigterm_unwinds() -> None:
-    """Make SIGTERM during set-up unwind like Ctrl-C, in this process only.
+def _sigterm_unwinds() -> list[int]:
+    """Make SIGTERM during set-up unwind like Ctrl-C, in this process only; returns the list the handler appends
+    the signal to, so the caller can tell afterwards that one came.
 
     pyroute2 forks short-lived helpers (to open sockets inside a namespace) and ends them with SIGTERM; such a
-    copy must simply exit, never unwind through our code and tear the network down.
+    copy must simply exit, never unwind through our code and tear the network down. The KeyboardInterrupt the
+    handler raises can be swallowed by library code it lands in (seen under load), hence the record: every later
+    progress step raises again, and a set-up that still completes is taken down (`_up`).
     """
     owner = os.getpid()
+    received: list[int] = []
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if os.getpid() != owner:
             os._exit(128 + signum)
+        received.append(signum)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    return received
 
 
 def _print(line: str) -> None:
@@ -118,12 +124,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(json.dumps([json.loads(s.to_json()) for s in states], indent=2) if args.json else render(states))
         return 0
     if action == "up":
-        _sigterm_unwinds()
+        received = _sigterm_unwinds()
         links = dict(args.link)
         if len(links) != len(args.link):
             raise SimStateError("a node appears in two --link options: give each node one --link")
+
+        def progress(line: str) -> None:
+            if received:
+                raise KeyboardInterrupt  # a SIGTERM whose KeyboardInterrupt was swallowed: unwind now
+            _print(line)
+
         topo = Topology.up(args.prefix, args.publishers, args.subscribers, links, prefer_ipv6=args.ipv6,
-                           progress=_print)
+                           progress=progress)
+        if received:  # the signal came after the last step: honour it all the same
+            down_prefix(args.prefix, progress=_print)
+            raise KeyboardInterrupt
         print(render([topo.state]))
         print(f"next: relay sim exec --prefix {args.prefix} sub0 -- python -m sim.probe ping relay")
         return 0
