@@ -166,7 +166,8 @@ class TcFilter:
 
 
 def _ipr(netns: str | None) -> IPRoute:
-    ipr = IPRoute(netns=netns) if netns else IPRoute()
+    # ext_ack: a refused request's NetlinkError carries the kernel's extended-ack text (the offload messages)
+    ipr = IPRoute(netns=netns, ext_ack=True) if netns else IPRoute(ext_ack=True)
     # pyroute2 0.9's synchronous nlm_request reads this key, which only some constructors set.
     ipr.status["nlm_generator"] = False
     return ipr

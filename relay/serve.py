@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from typing import Any
 
 from aioquic import tls
 
+from crypto_offload import plaintext
 from crypto_offload.aioquic_offload import OffloadedQuicConnection
 from crypto_offload.controller import NicOffloadController
 from crypto_offload.nic_io import in_netns
@@ -135,6 +137,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="TEST KNOB: start the kernel's packet numbering of every connection at N or later (skipping packet "
         "numbers is legal), e.g. 65000 to cross the 16-bit boundary early",
     )  # fmt: skip
+    g.add_argument(plaintext.OPTION, action="store_true", help=plaintext.HELP)
+    g.add_argument(
+        "--plan", action="store_true",
+        help="print where the HAL backend would run each BPF program and why (e.g. --hal netronome), then exit",
+    )  # fmt: skip
     g.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for QUIC details)")
     for factory in backends.values():
         factory.configure(parser)
@@ -191,9 +198,17 @@ def run(args: argparse.Namespace) -> int:
     if args.verbose < 2:
         logging.getLogger("quic").setLevel(logging.WARNING)
     hal = hal_backends()[args.hal].create(args)
+    if getattr(args, "plan", False):
+        return _print_plan(hal)
+    lab = bool(getattr(args, "insecure_lab_plaintext", False))
+    if lab:
+        plaintext.warn("relay")
     try:
         try:
             hal.start()
+            if lab and hal.key_installer() is not None:
+                return _fail(f"{plaintext.OPTION} is for NICs without QUIC crypto; --hal {hal.name} protects "
+                             f"packets itself: leave the option out")
             args.listen = args.listen or hal.default_listen()
             host, port = parse_listen(args.listen or "")
         except (HalError, ValueError) as exc:
@@ -214,6 +229,30 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         hal.teardown()
+
+
+def _print_plan(hal: Hal) -> int:
+    """`--plan`: the backend's placement of the BPF programs with reasons (a backend without one says so)."""
+    plan_text = getattr(hal, "plan_text", None)
+    if plan_text is None:
+        print(f"--hal {hal.name} places no BPF programs on a NIC: nothing to plan")
+        return 0
+    try:
+        print(plan_text(), flush=True)
+    except HalError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def _lab_plaintext_hooks(hooks: ConnectionHooks) -> ConnectionHooks:
+    """INSECURE lab mode: every new connection runs 1-RTT in clear (crypto_offload/plaintext.py)."""
+    made_before = hooks.connection_made
+
+    def made(conn: MoqtConnection) -> None:
+        plaintext.LabPlaintextQuicConnection.adopt(conn._quic)
+        made_before(conn)
+
+    return dataclasses.replace(hooks, connection_made=made)
 
 
 def _fast_path_wanted(args: argparse.Namespace, hal: Hal) -> tuple[bool, str | None]:
@@ -318,6 +357,9 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal, fast:
     hooks, controller = _hal_hooks(hal, (lambda c: OffloadObserver(c, f)) if f is not None else None)
     if fast is not None:
         hooks = fast.connection_hooks(hooks)
+    if getattr(args, "insecure_lab_plaintext", False):
+        plaintext.configure(config)  # only the lab ALPN: a peer without the option fails the handshake
+        hooks = _lab_plaintext_hooks(hooks)
     if controller is not None:
         # Offer only what the NIC can protect, so every connection can be offloaded.
         config.cipher_suites = [
@@ -354,6 +396,8 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal, fast:
         print(f"fast path: on ({fast.ifname}: server_ingress + client_egress, recovery {args.recovery})", flush=True)
     else:
         print("fast path: off (every copy is sent from user space)", flush=True)
+    if getattr(args, "insecure_lab_plaintext", False):
+        print(f"1-RTT: INSECURE LAB PLAINTEXT (ALPN {plaintext.LAB_ALPN}, no encryption, no authentication)", flush=True)
     if hint := hal.usage_hint(f"moqt://{shown}:{server.port}"):
         print(hint, flush=True)
 

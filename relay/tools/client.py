@@ -20,6 +20,7 @@ from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
+from crypto_offload import plaintext
 from relay.moqt import messages as M
 from relay.moqt import objects as O
 from relay.moqt import session as S
@@ -202,6 +203,7 @@ class SessionClient:
         self.request_parameters: M.Parameters = ()
         self._early: list[S.ObjectReceived] = []  # objects that overtook their SUBSCRIBE_OK
         self._closed = False
+        self.lab_plaintext = False  # set by connect(): explains an ALPN mismatch from the right side
         protocol.set_event_handler(self._on_event)
 
     # --- events from the session --------------------------------------------------------------------------------
@@ -217,7 +219,8 @@ class SessionClient:
         elif isinstance(event, S.SessionClosed):
             self._closed = True
             reason = f"{event.reason or 'no reason'} (code 0x{event.error_code:x})"
-            failure = ToolError(f"the session closed: {reason}")
+            mismatch = plaintext.mismatch_message(event.error_code, event.reason, self.lab_plaintext)
+            failure = ToolError(mismatch or f"the session closed: {reason}")
             if not self.ready.done():
                 self.ready.set_exception(failure)
                 self.ready.exception()  # mark retrieved: connect() reports it, or nobody waits any more
@@ -377,7 +380,7 @@ class SessionClient:
         self._transport.close()
 
 
-async def connect(endpoint: Endpoint) -> MoqtClient:
+async def connect(endpoint: Endpoint, *, lab_plaintext: bool = False) -> MoqtClient:
     """Open a MoQT session (QUIC handshake + CLIENT_SETUP/SERVER_SETUP); ToolError says why it failed.
 
     The session's own SessionReady is the one readiness signal (it implies the handshake), so a relay that never
@@ -393,17 +396,22 @@ async def connect(endpoint: Endpoint) -> MoqtClient:
         config.verify_mode = ssl.CERT_NONE
     else:
         config.load_verify_locations(cafile=str(endpoint.ca))
+    quic_class = QuicConnection
+    if lab_plaintext:  # INSECURE: 1-RTT in clear (crypto_offload/plaintext.py); ALPN tells the relay
+        plaintext.configure(config)
+        quic_class = plaintext.LabPlaintextQuicConnection
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_DGRAM)
         family, _, _, _, addr = infos[0]
         transport, protocol = await loop.create_datagram_endpoint(
-            lambda: _Protocol(QuicConnection(configuration=config)), family=family
+            lambda: _Protocol(quic_class(configuration=config)), family=family
         )
     except OSError as exc:
         raise ToolError(f"cannot reach {endpoint.url}: {exc}") from None
     assert isinstance(protocol, _Protocol)
     client = SessionClient(protocol, transport)
+    client.lab_plaintext = lab_plaintext
     protocol.connect(addr)
     try:
         await asyncio.wait_for(asyncio.shield(client.ready), CONNECT_TIMEOUT_S)

@@ -20,9 +20,11 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from crypto_offload import plaintext
 from relay.auth import use_token
 from relay.tools.client import (
     MoqtClient,
@@ -163,6 +165,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random filler")
     parser.add_argument("--json", type=Path, help="write what was published to this file")
     parser.add_argument("--token", help="authorization token for PUBLISH_NAMESPACE (see docs/operations-config.md)")
+    parser.add_argument(plaintext.OPTION, action="store_true", help=plaintext.HELP)
 
 
 def namespace_tuple(text: str) -> tuple[bytes, ...]:
@@ -186,6 +189,7 @@ class PubConfig:
     seed: int
     json_path: Path | None
     token: bytes | None = None
+    lab_plaintext: bool = False  # INSECURE (crypto_offload/plaintext.py)
 
 
 def config_from_args(args: argparse.Namespace) -> PubConfig:
@@ -208,6 +212,7 @@ def config_from_args(args: argparse.Namespace) -> PubConfig:
         args.seed,
         args.json,
         args.token.encode() if getattr(args, "token", None) else None,
+        bool(getattr(args, "insecure_lab_plaintext", False)),
     )
 
 
@@ -218,7 +223,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"relay pub: {exc}", file=sys.stderr)
         return 2
     try:
-        result = asyncio.run(publish(cfg))
+        if cfg.lab_plaintext:
+            plaintext.warn("relay pub")
+        result = asyncio.run(publish(cfg, partial(connect, lab_plaintext=cfg.lab_plaintext)))
     except ToolError as exc:
         print(f"relay pub: {exc}", file=sys.stderr)
         return 1

@@ -14,9 +14,11 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from crypto_offload import plaintext
 from relay.auth import use_token
 from relay.tools.client import (
     PUBLISH_DONE_NAMES,
@@ -71,6 +73,7 @@ class SubConfig:
     key_update_after: int | None = None
     change_cid_after: int | None = None
     token: bytes | None = None
+    lab_plaintext: bool = False  # INSECURE (crypto_offload/plaintext.py)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +99,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="request a QUIC key update (RFC 9001 section 6) after N objects (testing)")
     parser.add_argument("--change-cid-after", type=int, metavar="N",
                         help="switch to a new QUIC connection ID (RFC 9000 section 5.1.2) after N objects (testing)")
+    parser.add_argument(plaintext.OPTION, action="store_true", help=plaintext.HELP)
 
 
 def config_from_args(args: argparse.Namespace) -> SubConfig:
@@ -127,6 +131,7 @@ def config_from_args(args: argparse.Namespace) -> SubConfig:
         getattr(args, "key_update_after", None),
         getattr(args, "change_cid_after", None),
         args.token.encode() if getattr(args, "token", None) else None,
+        bool(getattr(args, "insecure_lab_plaintext", False)),
     )
 
 
@@ -143,7 +148,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"relay sub: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        reports = asyncio.run(subscribe_many(cfg))
+        if cfg.lab_plaintext:
+            plaintext.warn("relay sub")
+        reports = asyncio.run(subscribe_many(cfg, partial(connect, lab_plaintext=cfg.lab_plaintext)))
     except ToolError as exc:
         print(f"relay sub: {exc}", file=sys.stderr)
         return EXIT_FAILED
