@@ -54,7 +54,7 @@ lint: venv
 	$(VENV)/bin/mypy hal bpf crypto_offload relay sim
 
 demo: setup
-	$(VENV)/bin/relay demo
+	$(VENV)/bin/relay demo --hal sim --fast-path both
 
 doctor: venv
 	$(VENV)/bin/relay doctor

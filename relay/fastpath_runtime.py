@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aioquic.quic.connection import QuicConnection
@@ -53,6 +54,7 @@ from relay.relay import Relay, Track
 
 log = logging.getLogger("relay.fastpath")
 
+PIN_PREFIX = "moq-relay-"  # /sys/fs/bpf/moq-relay-<pid>: one folder per running relay
 HOST_CID_LEN = 8  # aioquic's connection_id_length: the DCID length of packets the relay receives
 PEER_CID_LENS = (8, 4, 16, 20)  # subscriber CID lengths the egress program tries (aioquic/qh3 use 8)
 # The program picks PN lengths against `largest_acked` (RFC 9000 A.2); a stale, smaller value only makes it choose
@@ -127,7 +129,8 @@ class KernelFastPath:
         lens = list(PEER_CID_LENS[:EGRESS_MAX_DCID_LENS]) + [0xFF] * EGRESS_MAX_DCID_LENS
         ecfg.dcid_len[:] = lens[:EGRESS_MAX_DCID_LENS]
         assert MAX_RELAY_PORTS >= 1
-        pins = PinDir(pin_prefix or f"moq-relay-{os.getpid()}")
+        sweep_stale_pins()
+        pins = PinDir(pin_prefix or f"{PIN_PREFIX}{os.getpid()}")
         objs: list[BpfObject] = []
         filters: list[TcFilter] = []
         try:
@@ -137,14 +140,17 @@ class KernelFastPath:
                                          (objs[1], "client_egress", Direction.EGRESS)):
                 f = TcFilter(obj.programs[prog].fd, ifindex, direction, name=prog)
                 filters.append(f.attach())
-        except (LoadError, OSError) as exc:
+        except BaseException as exc:
             for f in filters:
                 with contextlib.suppress(Exception):
                     f.detach()
             for o in objs:
                 o.close()
             pins.remove()
-            raise FastPathUnavailable(f"loading or attaching the fast-path programs on {ifname} failed: {exc}") from exc
+            if isinstance(exc, (LoadError, OSError)):
+                raise FastPathUnavailable(f"loading or attaching the fast-path programs on {ifname} failed: {exc}") \
+                    from exc
+            raise
         return cls(ifname, ifindex, port, objs[0], objs[1], filters, first_pn=first_pn, policy=policy or DropPolicy())
 
     def run(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -472,6 +478,19 @@ async def _all(call: Any) -> list[Any]:
     if hasattr(result, "__aiter__"):
         return [msg async for msg in result]
     return list(result)
+
+
+def sweep_stale_pins(root: Path = Path("/sys/fs/bpf")) -> list[Path]:
+    """Remove the pin folders of relays that no longer run (killed with SIGKILL: no chance to unpin)."""
+    removed = []
+    for folder in root.glob(f"{PIN_PREFIX}*") if root.is_dir() else []:
+        pid = folder.name[len(PIN_PREFIX):]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(OSError):
+                PinDir(folder.name, root).remove()
+                removed.append(folder)
+                log.info("removed the pins of relay %s, which is gone: %s", pid, folder)
+    return removed
 
 
 def socket_ifindex(ifname: str) -> int:

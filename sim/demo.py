@@ -180,9 +180,13 @@ def verdict_table(report: dict[str, Any]) -> str:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--hal", choices=["none"], default="none",
-                        help="NIC backend for the relay (the simulated-NIC demo with the kernel fast path comes next)")
-    parser.add_argument("--subscribers", type=int, default=4, help="number of subscribers (default 4)")
+    parser.add_argument("--hal", choices=["none", "sim"], default="none",
+                        help="none = everything on loopback, user-space relay; sim = the simulated network and NIC "
+                        "(root), one node per subscriber, sub0 behind a constrained link, sub1 behind a lossy one")
+    parser.add_argument("--fast-path", choices=["on", "off", "both"], default="both",
+                        help="with --hal sim: the kernel fast path on, off, or both one after the other (default)")
+    parser.add_argument("--subscribers", type=int, default=None,
+                        help="number of subscribers (default 4 on loopback, 8 in the sim)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of media to publish (default 10)")
     parser.add_argument("--bitrate", default="2M", help="publisher bitrate (default 2M)")
     parser.add_argument("--fps", type=int, default=30, help="frames per second (default 30)")
@@ -192,11 +196,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.subscribers is None:
+        args.subscribers = 8 if args.hal == "sim" else 4
     if args.subscribers < 1:
         print("relay demo: --subscribers must be at least 1", file=sys.stderr)
         return 2
     cfg = DemoConfig(subscribers=args.subscribers, duration=args.duration, mode=args.mode, out=args.out,
                      fps=args.fps, bitrate=args.bitrate)
+    if args.hal == "sim":
+        from sim.simdemo import main_sim  # imports the sim's netlink machinery only when asked for
+
+        print(f"demo: sim, 1 publisher -> {cfg.subscribers} subscribers, {cfg.mode}, {cfg.duration:.0f} s, "
+              f"fast path {args.fast_path}")
+        return main_sim(cfg, args.fast_path)
     env_note = "" if os.geteuid() == 0 else " (not root: only the loopback demo can run)"
     print(f"demo: 1 publisher -> {cfg.subscribers} subscribers, {cfg.mode}, {cfg.duration:.0f} s{env_note}")
     report = run_demo(cfg)
