@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("relay.doctor", "check every prerequisite (root, BPF, BTF, clsact, veth, netns, clang, libbpf)"),
     "sim": ("sim.cli", "bring the simulated network up or down, list it, run a command in a node"),
     "demo": ("sim.demo", "run the demonstration end to end and write a report"),
+    "bench": ("sim.bench", "measure the fast path against the user-space path and the floor, as ratios (root)"),
     "offload-check": ("relay.offload_check_cli", "check that BPF programs fit a target (nfp, host-tc, host-xdp)"),
     "conformance": ("relay.conformance_cli", "run the HAL conformance suite against a NIC backend (--hal NAME)"),
 }

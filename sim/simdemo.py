@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,23 @@ def run_sim_demo(cfg: DemoConfig, fast_paths: list[str]) -> dict[str, Any]:
     return report
 
 
-def _one_run(cfg: DemoConfig, topo: Topology, links: list[SubscriberLink], fast: str) -> dict[str, Any]:
+def program_seconds(relay_pid: int) -> float:
+    """Run time so far of the relay's pinned fast-path programs (kernel.bpf_stats_enabled=1), 0 without pins."""
+    total = 0
+    for name in ("server_ingress", "client_egress"):
+        pin = Path(f"/sys/fs/bpf/moq-relay-{relay_pid}/{name}")
+        if pin.exists():
+            out = subprocess.run(["bpftool", "-j", "prog", "show", "pinned", str(pin)], capture_output=True,
+                                 text=True, check=False).stdout
+            with contextlib.suppress(ValueError):
+                total += int(json.loads(out).get("run_time_ns", 0))
+    return total / 1e9
+
+
+def _one_run(cfg: DemoConfig, topo: Topology, links: list[SubscriberLink], fast: str,
+             count_programs: bool = False) -> dict[str, Any]:
+    """One scenario run; the relay's cost is its CPU time (plus its programs' run time with `count_programs`,
+    which needs kernel.bpf_stats_enabled=1) over the publishing window."""
     procs = Processes()
     state = Path(tempfile.mkdtemp(prefix="moq-demo-"))
     out = cfg.out / f"fast-path-{fast}"
@@ -95,7 +112,12 @@ def _one_run(cfg: DemoConfig, topo: Topology, links: list[SubscriberLink], fast:
             subs.append((path, _exec(procs, topo, sl.node, [
                 *relay_argv(), "sub", *common, "--duration", str(cfg.duration + PUBLISH_START_DELAY + 5),
                 "--json", str(path)])))
-        cpu = _watch(relay.pid, publisher, [p for _, p in subs], cfg.duration)
+        pid = relay.pid
+
+        def meter() -> float:
+            return process_cpu_seconds(pid) + (program_seconds(pid) if count_programs else 0.0)
+
+        cpu = _watch(meter, publisher, [p for _, p in subs], cfg.duration)
         relay.terminate()
         text, _ = relay.communicate(timeout=15)
         counters = next((json.loads(ln[len(COUNTERS):]) for ln in text.splitlines() if ln.startswith(COUNTERS)), {})
@@ -107,7 +129,11 @@ def _one_run(cfg: DemoConfig, topo: Topology, links: list[SubscriberLink], fast:
     copies = sum(int(r.get("objects", 0)) for r in results)
     kernel = int(counters.get("egress", {}).get("EG_CLONE_SENT", 0))
     eg = counters.get("egress", {})
+    p50s = sorted(r["latency_ms"]["p50"] for r in results if (r.get("latency_ms") or {}).get("p50") is not None)
+    p99s = [r["latency_ms"]["p99"] for r in results if (r.get("latency_ms") or {}).get("p99") is not None]
     summary = {
+        "latency_p50_ms": p50s[len(p50s) // 2] if p50s else None,  # median over subscribers
+        "latency_p99_ms": max(p99s) if p99s else None,  # worst subscriber
         "copies_delivered": copies,
         "relay_cpu_s": round(cpu, 4),
         "relay_us_per_copy": round(cpu / copies * 1e6, 1) if copies else None,
@@ -128,9 +154,10 @@ def _exec(procs: Processes, topo: Topology, node: str, argv: list[str]) -> subpr
     return child
 
 
-def _watch(relay_pid: int, publisher: subprocess.Popen[str], subs: list[subprocess.Popen[str]],
+def _watch(meter: Callable[[], float], publisher: subprocess.Popen[str], subs: list[subprocess.Popen[str]],
            duration: float) -> float:
-    """Progress on one line; relay CPU over the publishing window (after the start delay, until the publisher ends)."""
+    """Progress on one line; the relay's cost (`meter`) over the publishing window (after the start delay, until
+    the publisher ends)."""
     start = time.monotonic()
     cpu_start: float | None = None
     cpu_end: float | None = None
@@ -139,9 +166,9 @@ def _watch(relay_pid: int, publisher: subprocess.Popen[str], subs: list[subproce
     while publisher.poll() is None or any(p.poll() is None for p in subs):
         elapsed = time.monotonic() - start
         if cpu_start is None and elapsed >= PUBLISH_START_DELAY - 0.5:
-            cpu_start = process_cpu_seconds(relay_pid)
+            cpu_start = meter()
         if cpu_end is None and publisher.poll() is not None:
-            cpu_end = process_cpu_seconds(relay_pid)
+            cpu_end = meter()
         done = sum(p.poll() is not None for p in subs)
         if tty or ticks % 20 == 0:  # a refreshing line on a terminal, a line every 5 s in a log
             line = f"  {elapsed:5.1f} s of ~{total:.0f} s, subscribers finished {done}/{len(subs)}"
@@ -153,7 +180,7 @@ def _watch(relay_pid: int, publisher: subprocess.Popen[str], subs: list[subproce
     if tty:
         print()
     if cpu_end is None:
-        cpu_end = process_cpu_seconds(relay_pid)
+        cpu_end = meter()
     return max(0.0, cpu_end - (cpu_start if cpu_start is not None else cpu_end))
 
 
