@@ -28,6 +28,7 @@ from typing import Any
 from aioquic.quic.connection import QuicConnection
 from aioquic.tls import Epoch
 from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from bpf.attach import Direction, TcFilter
 from bpf.loader import BpfObject, LoadError, PinDir, RingBuffer, build_path
@@ -47,6 +48,7 @@ from relay.cache import datagram_location
 from relay.drop_policy import DropPolicy
 from relay.fastpath import Addresses, FastPathController
 from relay.fastpath_hooks import DownstreamPath, KernelFastPathHooks
+from relay.ingress_classifier import CompositeHooks, IngressClassifier
 from relay.moqt.session import MoqtSession
 from relay.quic import ConnectionHooks, MoqtConnection
 from relay.registration import Registrar, enable
@@ -86,6 +88,7 @@ class KernelFastPath:
     filters: list[TcFilter]
     first_pn: int = 0  # test knob: start every enabled connection's numbering at least here
     policy: DropPolicy = field(default_factory=DropPolicy)
+    classifier: IngressClassifier | None = None  # XDP: drops objects of tracks nobody subscribed to
     controller: FastPathController = field(init=False)
     hooks: KernelFastPathHooks = field(init=False)
     registrar: Registrar = field(default_factory=Registrar)
@@ -114,7 +117,7 @@ class KernelFastPath:
 
     @classmethod
     def start(cls, ifname: str, port: int, pin_prefix: str | None = None, first_pn: int = 0,
-              policy: DropPolicy | None = None) -> KernelFastPath:
+              policy: DropPolicy | None = None, classifier: bool = True) -> KernelFastPath:
         """Load both programs (configured for the relay's UDP port), attach them to ``ifname`` in the current
         network namespace, and pin their maps under /sys/fs/bpf/<pin_prefix> (for `relay stats`)."""
         ingress_o, egress_o = build_path("server_ingress"), build_path("client_egress")
@@ -151,7 +154,15 @@ class KernelFastPath:
                 raise FastPathUnavailable(f"loading or attaching the fast-path programs on {ifname} failed: {exc}") \
                     from exc
             raise
-        return cls(ifname, ifindex, port, objs[0], objs[1], filters, first_pn=first_pn, policy=policy or DropPolicy())
+        clf = None
+        if classifier:
+            try:
+                clf = IngressClassifier.start(ifindex, port, HOST_CID_LEN, pins)
+            except (LoadError, OSError, NetlinkError) as exc:
+                log.warning("ingress classifier not attached (%s): objects of unsubscribed tracks reach user space",
+                            exc)
+        return cls(ifname, ifindex, port, objs[0], objs[1], filters, first_pn=first_pn, policy=policy or DropPolicy(),
+                   classifier=clf)
 
     def run(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start draining the registration ring from this event loop."""
@@ -171,6 +182,9 @@ class KernelFastPath:
             with contextlib.suppress(Exception):
                 f.detach()
         self.filters.clear()
+        if self.classifier is not None:
+            self.classifier.stop()
+            self.classifier = None
         pin_dir = self.ingress.pin_dir or self.egress.pin_dir
         self.egress.close()
         self.ingress.close()
@@ -185,6 +199,8 @@ class KernelFastPath:
     def install(self, relay: Relay) -> None:
         self.relay = relay
         relay.hooks = self.hooks
+        if self.classifier is not None:
+            relay.hooks = CompositeHooks([self.hooks, self.classifier.hooks(self._upstream_of)])
         relay.forwarder.kernel_copied = self.kernel_copied
 
     def connection_hooks(self, inner: ConnectionHooks) -> ConnectionHooks:
@@ -345,8 +361,12 @@ class KernelFastPath:
         for cid in sorted(cids - old):
             if len(cid) == HOST_CID_LEN:
                 self.controller.add_upstream(cid, conn_id)
+                if self.classifier is not None:
+                    self.classifier.add_upstream(cid, conn_id)
         for cid in sorted(old - cids):
             self.controller.remove_upstream(cid)
+            if self.classifier is not None:
+                self.classifier.remove_upstream(cid)
         self._upstream_cids[session] = cids
 
     def _forget(self, conn: MoqtConnection) -> None:
@@ -444,6 +464,7 @@ class KernelFastPath:
             "registration": vars(self.registrar.stats).copy(),
             "connections": vars(self.stats).copy(),
             "subscriptions": self.subscription_stats(),
+            "classifier": self.classifier.counters() if self.classifier is not None else None,
         }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from sim.links import LinkShape
+from tests.integration.relay_process import relay_env
 from tests.sim.simrelay import RoundResult, SimWorld, pubsub_round, sim_world
 from tests.support import have_root, have_tool, require
 
@@ -154,3 +156,23 @@ def test_loss_on_a_subscriber_link_is_recovered_in_stream_mode(world: SimWorld, 
     assert lossy.reports[2]["objects"] == want  # sub1: clean link
     assert any(r["objects"] < want for r in lossy.reports[:2]), lossy.reports  # copies lost on the link stay lost
     assert c["egress"]["EG_CLONE_SENT"] >= 3 * want
+
+
+def test_classifier_drops_objects_of_unsubscribed_tracks_before_the_relay(world: SimWorld, tmp_path: Path) -> None:
+    """The NFP-subset classifier in host XDP: a publisher's objects under an alias nobody subscribed to never reach
+    the relay's sockets, while a subscribed track in the same run is untouched."""
+    relay = world.ensure_relay(FAST)
+    url = f"moqt://{relay.url_host}:{relay.port}"
+    rogue = world.topo.exec("pub0", [sys.executable, "-m", "tests.sim.rogue_pub", url, str(relay.ca), "200"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=relay_env())
+    result = pubsub_round(world, tmp_path, "datagram", duration=2.0, layout=(("sub0", 1),))
+    out, err = rogue.communicate(timeout=60)
+    c = stop_and_count(world)
+    assert out.strip() == "200", err
+    assert result.problems() == [], result.logs
+    clf = c["classifier"]
+    # Dropped in XDP, so server_ingress (TC, after XDP) and the relay's socket never see one. How many the rogue
+    # gets onto the wire depends on its congestion control: the relay never acknowledges dropped packets.
+    assert clf["ST_UNKNOWN_TRACK"] >= 10, " ".join(f"{k}={v}" for k, v in clf.items() if v)
+    assert c["ingress"]["ST_UNKNOWN_TRACK"] == 0, c["ingress"]
+    assert clf["ST_ELIGIBLE"] >= result.published["objects"]  # the subscribed track passed
