@@ -18,7 +18,7 @@ TRACK_SUBS_PER_TRACK = 64
 EGRESS_MAX_DCID_LENS = 4
 FASTPATH_MARK_MAGIC = 0xFA000000  # skb->mark of a clone: magic | upstream DCID length << 16 | slot
 NO_LARGEST_ACKED = (1 << 64) - 1  # downstream_conn.largest_acked before the first ACK
-REG_KIND_CLONE, REG_KIND_USER = 1, 2
+REG_KIND_CLONE, REG_KIND_USER, REG_KIND_STREAM = 1, 2, 3
 
 u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
 
@@ -107,7 +107,13 @@ class ParseResult(Mirror):
         ("dcid_len", u8),
         ("pn_len", u8),
         ("ip_version", u8),
-        ("_pad0", u8 * 5),
+        ("_pad0", u8 * 3),
+        ("sid_off", u16),
+        ("sid_len", u8),
+        ("stream_fin", u8),
+        ("stream_len", u32),
+        ("stream_id", u64),
+        ("stream_off", u64),
     ]
 
 
@@ -161,6 +167,28 @@ class DownstreamState(Mirror):
     _fields_ = [("next_pn", u64), ("tx_packets", u64), ("tx_bytes", u64), ("dropped", u64)]
 
 
+class StreamKey(Mirror):
+    """fast_streams key: one subgroup stream of an upstream connection."""
+
+    c_name = "stream_key"
+    _fields_ = [("conn_id", u32), ("_pad0", u32), ("stream_id", u64)]
+
+
+class SlotStreamKey(Mirror):
+    """slot_streams key: one upstream stream as copied for one subscription."""
+
+    c_name = "slot_stream_key"
+    _fields_ = [("slot", u32), ("_pad0", u32), ("up_stream_id", u64)]
+
+
+class SlotStream(Mirror):
+    """slot_streams value: the subscriber-side stream, the offsets the kernel may copy (user-owned)."""
+
+    c_name = "slot_stream"
+    _fields_ = [("down_stream_id", u64), ("min_offset", u64), ("max_offset", u64), ("id_len", u8),
+                ("_pad0", u8 * 7)]
+
+
 class SlotState(Mirror):
     """slot_state value: the drop policy's per-subscription record (kernel-owned)."""
 
@@ -188,6 +216,11 @@ class RegEvent(Mirror):
         ("kind", u8),
         ("pn_len", u8),
         ("_pad0", u8 * 6),
+        ("stream_id", u64),
+        ("stream_off", u64),
+        ("stream_len", u32),
+        ("stream_fin", u8),
+        ("_pad1", u8 * 3),
     ]
 
 
@@ -256,7 +289,10 @@ class EgressStat(IntEnum):
     EG_ADJUST_FAILED = 10
     EG_RING_FULL = 11
     EG_GROUP_DROP = 12
-    EG_MAX = 13
+    EG_STREAM_SENT = 13
+    EG_NO_STREAM = 14
+    EG_FLOW_BLOCKED = 15
+    EG_MAX = 16
 
 
 MIRRORS: tuple[type[Mirror], ...] = (
@@ -273,6 +309,9 @@ MIRRORS: tuple[type[Mirror], ...] = (
     RegEvent,
     ObjectKey,
     SlotState,
+    StreamKey,
+    SlotStreamKey,
+    SlotStream,
     EgressConfig,
     DownstreamCid,
     FloorConfig,

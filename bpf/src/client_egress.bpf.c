@@ -217,10 +217,10 @@ static __always_inline int store_varint(struct __sk_buff *skb, __u32 off, __u64 
 /* Rewrite one packet for conn. Clone: everything; user-space packet: the QUIC header only. */
 static __always_inline int rewrite(struct __sk_buff *skb, const struct parse_result *r,
 				   struct downstream_conn *conn, struct downstream_state *ds, __u32 slot,
-				   int clone)
+				   int clone, const struct slot_stream *stream)
 {
 	__u32 l3 = r->l3_off, l4 = r->l4_off, old_hdr, new_hdr, udp_len, pn_len, dcid_len, hlen;
-	__u32 kind = clone ? REG_KIND_CLONE : REG_KIND_USER, window[7], window_new[7];
+	__u32 kind = stream ? REG_KIND_STREAM : clone ? REG_KIND_CLONE : REG_KIND_USER, window[7], window_new[7];
 	__u8 first, udph[12];
 	__u16 be16;
 	__u32 be32;
@@ -318,7 +318,10 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct parse_res
 		if (pad >= 1 && pad <= ZERO_ROOM &&
 		    bpf_skb_store_bytes(skb, payload + delta, zero_room, pad, 0))
 			return drop(EG_ADJUST_FAILED, ds);
-		if (store_varint(skb, r->alias_off + delta, conn->alias, r->alias_len))
+		/* a subgroup stream: its id on the subscriber's connection (same length); a datagram:
+		 * the subscriber's track alias (same length) */
+		if (stream ? store_varint(skb, r->sid_off + delta, stream->down_stream_id, r->sid_len)
+			   : store_varint(skb, r->alias_off + delta, conn->alias, r->alias_len))
 			return drop(EG_ADJUST_FAILED, ds);
 	}
 
@@ -345,11 +348,45 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct parse_res
 	ev->kind = kind;
 	ev->pn_len = pn_len;
 	__builtin_memset(ev->_pad0, 0, sizeof(ev->_pad0));
+	ev->stream_id = stream ? stream->down_stream_id : 0;
+	ev->stream_off = stream ? r->stream_off : 0;
+	ev->stream_len = stream ? r->stream_len : 0;
+	ev->stream_fin = stream ? r->stream_fin : 0;
+	__builtin_memset(ev->_pad1, 0, sizeof(ev->_pad1));
 	bpf_ringbuf_submit(ev, 0);
 	__sync_fetch_and_add(&ds->tx_packets, 1);
 	__sync_fetch_and_add(&ds->tx_bytes, skb->len);
-	count(clone ? EG_CLONE_SENT : EG_USER_RENUMBERED);
+	count(stream ? EG_STREAM_SENT : clone ? EG_CLONE_SENT : EG_USER_RENUMBERED);
 	return TC_ACT_OK;
+}
+
+/* A copy of a subgroup stream's data (RFC 9000 section 19.8) for one subscription: the same bytes at
+ * the same offset on the subscriber's stream, which user space opened and mapped (its header and
+ * first bytes went from user space). No mapping, data below the mapping's start, or data beyond
+ * the subscriber's flow-control credit (RFC 9000 section 4.1): dropped here, and user space, which
+ * writes every byte into its own copy of the stream, sends that data itself. */
+static __always_inline int handle_stream_copy(struct __sk_buff *skb, const struct parse_result *r,
+					      __u32 slot)
+{
+	struct slot_stream_key key = {.slot = slot, .up_stream_id = r->stream_id};
+	struct downstream_conn *conn;
+	struct downstream_state *ds;
+	struct slot_stream *st;
+
+	conn = bpf_map_lookup_elem(&downstream_conns, &slot);
+	if (!conn)
+		return drop(EG_NO_SUBSCRIBER, NULL);
+	ds = bpf_map_lookup_elem(&downstream_state, &conn->conn_index);
+	if (!ds)
+		return drop(EG_NO_SUBSCRIBER, NULL);
+	if (!conn->enabled)
+		return drop(EG_DISABLED, ds);
+	st = bpf_map_lookup_elem(&slot_streams, &key);
+	if (!st || st->id_len != r->sid_len || r->stream_off < st->min_offset)
+		return drop(EG_NO_STREAM, ds);
+	if (r->stream_off + r->stream_len > st->max_offset)
+		return drop(EG_FLOW_BLOCKED, ds);
+	return rewrite(skb, r, conn, ds, slot, 1, st);
 }
 
 static __always_inline int handle_clone(struct __sk_buff *skb, __u32 mark)
@@ -366,7 +403,11 @@ static __always_inline int handle_clone(struct __sk_buff *skb, __u32 mark)
 	skb->mark = 0; /* internal to the fast path: never leaves with the copy */
 	if (parse_l2_l4(skb, &c, &r) < 0 || dcid_len > QUIC_MAX_CID_LEN ||
 	    parse_quic_short(&c, dcid_len, &ck, &r) != ST_ELIGIBLE ||
-	    walk_to_datagram(&c, &r) != ST_ELIGIBLE || parse_moq_object_datagram(&c, &r) != ST_ELIGIBLE)
+	    walk_to_payload(&c, &r, 1) != ST_ELIGIBLE)
+		return drop(EG_MALFORMED, NULL);
+	if (is_stream_frame(&r))
+		return handle_stream_copy(skb, &r, slot);
+	if (parse_moq_object_datagram(&c, &r) != ST_ELIGIBLE)
 		return drop(EG_MALFORMED, NULL);
 	conn = bpf_map_lookup_elem(&downstream_conns, &slot);
 	if (!conn)
@@ -393,7 +434,7 @@ static __always_inline int handle_clone(struct __sk_buff *skb, __u32 mark)
 	}
 	if (conn->alias_len != r.alias_len)
 		return drop(EG_ALIAS_LEN, ds);
-	verdict = rewrite(skb, &r, conn, ds, slot, 1);
+	verdict = rewrite(skb, &r, conn, ds, slot, 1, NULL);
 	if (verdict == TC_ACT_OK)
 		ss->sent += 1;
 	return verdict;
@@ -432,7 +473,7 @@ static __always_inline int handle_user(struct __sk_buff *skb)
 	ds = bpf_map_lookup_elem(&downstream_state, &conn->conn_index);
 	if (!ds || !conn->enabled || conn->dcid_len != r.dcid_len)
 		return NOT_OURS;
-	return rewrite(skb, &r, conn, ds, slot, 0);
+	return rewrite(skb, &r, conn, ds, slot, 0, NULL);
 }
 
 SEC("tc")

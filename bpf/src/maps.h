@@ -18,7 +18,9 @@
 #define TRACK_SUBS_MAX FAST_TRACKS_MAX /* one subscriber list per fast-path track (64 slots each) */
 #define DOWNSTREAM_CONNS_MAX 4096 /* subscriber slots (a slot must fit the mark's 16 bits) */
 #define DOWNSTREAM_CIDS_MAX 4096  /* subscriber DCIDs in use by enabled connections */
-#define REG_EVENTS_BYTES (1 << 20) /* registration ring: 1 MiB = ~21k records of 48 bytes */
+#define REG_EVENTS_BYTES (1 << 20) /* registration ring: 1 MiB = ~14.5k records (64 bytes + 8 header) */
+#define FAST_STREAMS_MAX 8192     /* upstream subgroup streams the kernel copies */
+#define SLOT_STREAMS_MAX 16384    /* (subscription, upstream stream) copy mappings */
 #define CLONED_OBJECTS_MAX 16384  /* recently cloned objects (LRU): a few seconds of every track */
 
 #ifdef MAPS_SERVER_INGRESS
@@ -75,6 +77,15 @@ struct {
 	__type(key, struct object_key);
 	__type(value, __u32);
 } cloned_objects SEC(".maps");
+
+/* (upstream connection, stream id) -> the fast-path track whose subgroup stream it is. Written by
+ * the controller once user space has read the stream's header (its first bytes always go up). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FAST_STREAMS_MAX);
+	__type(key, struct stream_key);
+	__type(value, struct fast_track);
+} fast_streams SEC(".maps");
 #endif
 
 #ifdef MAPS_CLIENT_EGRESS
@@ -95,6 +106,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct slot_state);
 } slot_state SEC(".maps");
+
+/* (slot, upstream stream id) -> the subscriber-side stream a copy of that stream's data goes to,
+ * with its flow-control limit (user-owned: rewritten whole when MAX_DATA/MAX_STREAM_DATA move). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SLOT_STREAMS_MAX);
+	__type(key, struct slot_stream_key);
+	__type(value, struct slot_stream);
+} slot_streams SEC(".maps");
 
 /* conn_index -> packet-number counter and tx counters of one downstream connection (kernel-owned;
  * see struct downstream_state). Same capacity as slots: at most one connection per slot. */

@@ -39,6 +39,11 @@
 /* RFC 9221 section 4: DATAGRAM without (0x30) and with (0x31) a Length field. */
 #define QUIC_FRAME_DATAGRAM 0x30
 #define QUIC_FRAME_DATAGRAM_LEN 0x31
+#define QUIC_FRAME_STREAM 0x08            /* RFC 9000 section 19.8: 0x08-0x0f */
+#define QUIC_STREAM_MASK 0xf8
+#define QUIC_STREAM_OFF 0x04
+#define QUIC_STREAM_LEN 0x02
+#define QUIC_STREAM_FIN 0x01
 
 /* MoQT draft-14 section 10.3.1 (OBJECT_DATAGRAM): types 0x00-0x07; bit 2 set = Object ID absent. */
 #define MOQT_DATAGRAM_TYPE_MAX 0x07
@@ -341,10 +346,46 @@ static __always_inline int parse_quic_short(struct cursor *c, __u32 dcid_len, st
 	return ST_ELIGIBLE;
 }
 
-/* RFC 9000 section 19: bounded walk over the frames before the DATAGRAM frame. Skips PADDING
+/* RFC 9000 section 19.8: STREAM frame, type 0b00001 OFF LEN FIN | Stream ID | [Offset] | [Length]
+ * | Stream Data. It must be the packet's last frame (its data is copied, anything after it would
+ * need stripping per copy). */
+static __always_inline int parse_stream_frame(struct cursor *c, struct parse_result *r, __u8 type,
+					      __u64 frame_off)
+{
+	__u64 v, off = 0, len;
+	int n;
+
+	r->frame_type = type;
+	r->frame_off = frame_off;
+	r->sid_off = c->off;
+	n = parse_varint(c, &v);
+	if (n < 0)
+		return ST_MALFORMED;
+	r->stream_id = v;
+	r->sid_len = n;
+	if ((type & QUIC_STREAM_OFF) && parse_varint(c, &off) < 0)
+		return ST_MALFORMED;
+	r->stream_off = off;
+	if (c->off > c->lim)
+		return ST_MALFORMED;
+	if (type & QUIC_STREAM_LEN) {
+		if (parse_varint(c, &len) < 0 || len > c->lim - c->off)
+			return ST_MALFORMED;
+		if (c->off + len != c->lim)
+			return ST_TRAILING;
+	} else {
+		len = c->lim - c->off;
+	}
+	r->stream_len = len;
+	r->stream_fin = type & QUIC_STREAM_FIN;
+	return ST_ELIGIBLE;
+}
+
+/* RFC 9000 section 19: bounded walk over the frames before the payload frame. Skips PADDING
  * (19.1), PING (19.2) and ACK (19.3); stops at DATAGRAM (RFC 9221 section 4) with c->lim set to
- * the end of its data. Anything else goes to the slow path. */
-static __always_inline int walk_to_datagram(struct cursor *c, struct parse_result *r)
+ * the end of its data, or (with streams) at a STREAM frame that ends the packet. Anything else
+ * goes to the slow path. `streams` is a constant at every call site (the walk is inlined). */
+static __always_inline int walk_to_payload(struct cursor *c, struct parse_result *r, int streams)
 {
 	for (int i = 0; i < MAX_FRAMES; i++) {
 		__u64 frame_off;
@@ -383,10 +424,22 @@ static __always_inline int walk_to_datagram(struct cursor *c, struct parse_resul
 				return ST_TRAILING; /* frames after it would need stripping per copy */
 			return ST_ELIGIBLE;
 		default:
+			if (streams && (*t & QUIC_STREAM_MASK) == QUIC_FRAME_STREAM)
+				return parse_stream_frame(c, r, *t, frame_off);
 			return ST_UNKNOWN_FRAME;
 		}
 	}
 	return ST_TOO_COMPLEX;
+}
+
+static __always_inline int walk_to_datagram(struct cursor *c, struct parse_result *r)
+{
+	return walk_to_payload(c, r, 0);
+}
+
+static __always_inline int is_stream_frame(const struct parse_result *r)
+{
+	return (r->frame_type & QUIC_STREAM_MASK) == QUIC_FRAME_STREAM;
 }
 
 /* MoQT draft-14 section 10.3.1, OBJECT_DATAGRAM: Type (varint 0x00-0x07) | Track Alias (varint)

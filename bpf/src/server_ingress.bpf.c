@@ -93,9 +93,19 @@ static __always_inline int classify(struct __sk_buff *skb, struct parse_result *
 		return ST_UNKNOWN_CONN;
 	r->conn_id = conn->conn_id;
 
-	st = walk_to_datagram(&c, r);
+	st = walk_to_payload(&c, r, 1);
 	if (st != ST_ELIGIBLE)
 		return st;
+	if (is_stream_frame(r)) {
+		/* A subgroup stream the controller registered once user space had its header. */
+		struct stream_key sk = {.conn_id = r->conn_id, .stream_id = r->stream_id};
+
+		track = bpf_map_lookup_elem(&fast_streams, &sk);
+		if (!track)
+			return ST_UNKNOWN_FRAME;
+		r->track_id = track->track_id;
+		return ST_ELIGIBLE;
+	}
 	st = parse_moq_object_datagram(&c, r);
 	if (st != ST_ELIGIBLE)
 		return st;
@@ -122,7 +132,7 @@ static __always_inline void fan_out(struct __sk_buff *skb, const struct parse_re
 
 	if (!subs)
 		return;
-	if (subs->count) {
+	if (subs->count && !is_stream_frame(r)) {
 		/* before the copies: user space reads the original only after this program returns */
 		struct object_key obj = {.track_id = track_id, .group = r->group, .object = r->object};
 		__u32 copies = subs->count;

@@ -84,11 +84,43 @@ struct parse_result {
 	__u8 alias_len;                    /* encoded length of the alias varint: 1, 2, 4 or 8 */
 	__u8 priority;                     /* MoQT publisher priority (lower = more important) */
 	__u8 moq_type;                     /* OBJECT_DATAGRAM type 0x00-0x07 */
-	__u8 frame_type;                   /* 0x30 or 0x31 (RFC 9221 section 4) */
+	__u8 frame_type;                   /* 0x30/0x31 (RFC 9221 section 4) or STREAM 0x08-0x0f */
 	__u8 dcid_len;
 	__u8 pn_len;                       /* 1..4 (RFC 9000 section 17.3.1) */
 	__u8 ip_version;                   /* 4 or 6 */
-	__u8 _pad0[5];
+	__u8 _pad0[3];
+	__u16 sid_off;                     /* STREAM frame (RFC 9000 section 19.8): the Stream ID varint */
+	__u8 sid_len;                      /* its encoded length */
+	__u8 stream_fin;                   /* FIN bit of the frame type */
+	__u32 stream_len;                  /* Length of the stream data in this frame */
+	__u64 stream_id;                   /* Stream ID */
+	__u64 stream_off;                  /* Offset (0 when the OFF bit is clear) */
+};
+
+/* Key of fast_streams (server_ingress): one subgroup stream of an upstream connection. */
+struct stream_key {
+	__u32 conn_id;                     /* upstream_conn.conn_id */
+	__u32 _pad0;
+	__u64 stream_id;                   /* the publisher's stream (RFC 9000 section 2.1) */
+};
+
+/* Key of slot_streams (client_egress): one upstream stream as copied for one subscription. */
+struct slot_stream_key {
+	__u32 slot;                        /* downstream_conns slot */
+	__u32 _pad0;
+	__u64 up_stream_id;                /* the publisher's stream id */
+};
+
+/* Value of slot_streams, written by user space when it opened the subscriber's stream (the
+ * subgroup header and the bytes received so far go from user space; later data from the kernel,
+ * at the same offsets: a relay copies the stream byte for byte except the alias). */
+struct slot_stream {
+	__u64 down_stream_id;              /* the subscriber-side stream (same varint length) */
+	__u64 min_offset;                  /* copies of data below this offset are user space's */
+	__u64 max_offset;                  /* flow control (RFC 9000 section 4): data must end here or
+					    * below: min of MAX_STREAM_DATA and a share of MAX_DATA */
+	__u8 id_len;                       /* encoded length of both stream ids */
+	__u8 _pad0[7];
 };
 
 /* Key of the cloned_objects map: one object of one fast-path track. server_ingress records every
@@ -173,13 +205,19 @@ struct reg_event {
 	__u64 orig_pn;                     /* truncated PN the packet had (user-space packets: to re-key) */
 	__u32 slot;                        /* downstream_conns slot */
 	__u32 size;                        /* bytes of the frame as sent (skb->len) */
-	__u8 kind;                         /* REG_KIND_CLONE or REG_KIND_USER */
+	__u8 kind;                         /* REG_KIND_CLONE, REG_KIND_USER or REG_KIND_STREAM */
 	__u8 pn_len;                       /* encoded PN length used, 1..4 */
 	__u8 _pad0[6];
+	__u64 stream_id;                   /* REG_KIND_STREAM: the subscriber-side stream */
+	__u64 stream_off;                  /* ... offset of the data the copy carries */
+	__u32 stream_len;                  /* ... its length */
+	__u8 stream_fin;                   /* ... and whether it ends the stream */
+	__u8 _pad1[3];
 };
 
 #define REG_KIND_CLONE 1
 #define REG_KIND_USER 2
+#define REG_KIND_STREAM 3
 
 /* Read-only configuration of client_egress.bpf.c: the relay's client-side ports and the DCID
  * lengths of downstream connections (to find user-space packets of enabled connections). */
@@ -250,6 +288,10 @@ enum egress_stat {
 	EG_ADJUST_FAILED,                  /* bpf_skb_adjust_room or a store failed */
 	EG_RING_FULL,                      /* no room for the registration record: not sent */
 	EG_GROUP_DROP,                     /* rest of a group whose earlier object the policy dropped */
+	EG_STREAM_SENT,                    /* a subgroup-stream copy rewritten and sent */
+	EG_NO_STREAM,                      /* stream copy without a mapping for the subscription (or below
+					    * its start offset): user space sends that data */
+	EG_FLOW_BLOCKED,                   /* stream copy beyond the subscriber's flow-control credit */
 	EG_MAX,
 };
 

@@ -273,3 +273,30 @@ def with_udp_checksum(frame: bytes) -> bytes:
         l4, src, dst = 54, frame[22:38], frame[38:54]
     seg = frame[l4 : l4 + int.from_bytes(frame[l4 + 4 : l4 + 6], "big")]
     return frame[: l4 + 6] + struct.pack("!H", udp_checksum(src, dst, seg)) + frame[l4 + 8 :]
+
+
+def expected_stream_copy(frame: bytes, upstream_dcid_len: int, sub: Subscriber, down_stream_id: int) -> tuple[bytes, int]:
+    """The copy of a packet whose last frame is a STREAM frame (RFC 9000 19.8) for ``sub``: like a datagram copy,
+    but the Stream ID (same encoded length) is the subscriber's stream instead of the alias being replaced."""
+    lay = parse(frame, upstream_dcid_len, moqt=False)
+    off = lay.payload
+    while frame[off] in (0x00, 0x01):  # PADDING / PING before it (the tests put no ACK here)
+        off += 1
+    if frame[off] & 0xF8 != 0x08:
+        raise ValueError("no STREAM frame")
+    sid_off = off + 1
+    sid_len = varint_decode(frame, sid_off)[1]
+    pn = sub.next_pn
+    pn_len = pn_length(pn, sub.largest_acked, lay.pn_len)
+    if pn_len is None:
+        raise Drop("EG_PN_UNENCODABLE")
+    delta = len(sub.dcid) + pn_len - lay.dcid_len - lay.pn_len
+    first = 0x40 | (sub.key_phase << 2) | (pn_len - 1)
+    header = bytes([first]) + sub.dcid + (pn % (1 << (8 * pn_len))).to_bytes(pn_len, "big")
+    body = bytearray(frame[lay.payload :])
+    body[: off - lay.payload] = bytes(off - lay.payload)
+    body[sid_off - lay.payload : sid_off - lay.payload + sid_len] = varint_encode(down_stream_id, sid_len)
+    out = bytearray(sub.eth_dst + sub.eth_src + frame[12 : lay.l4])
+    out += struct.pack("!HHHH", sub.sport, sub.dport, 0, 0) + header + body
+    _finish(out, lay, delta, True, sub)
+    return bytes(out), pn

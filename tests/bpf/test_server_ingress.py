@@ -118,7 +118,7 @@ ROWS: list[tuple[str, bytes, IngressStat]] = [
     ("udp payload shorter than the tag", eth(ipv4(udp(1, PORT, b"\x41" + bytes(10)))), S.ST_NOT_QUIC),
     ("unknown dcid", replace(BASE, dcid=b"\xff" * 8).build(), S.ST_UNKNOWN_CONN),
     ("unknown alias", replace(BASE, alias=6).build(), S.ST_UNKNOWN_TRACK),
-    ("STREAM frame", replace(BASE, before=stream_frame(4, b"x")).build(), S.ST_UNKNOWN_FRAME),
+    ("STREAM frame before the DATAGRAM frame", replace(BASE, before=stream_frame(4, b"x")).build(), S.ST_TRAILING),
     ("CRYPTO frame", replace(BASE, before=crypto_frame(b"x")).build(), S.ST_UNKNOWN_FRAME),
     ("datagram is a status datagram 0x20", replace(BASE, dtype=0x20).build(), S.ST_NOT_OBJECT),
     ("frame after the datagram", replace(BASE, after=b"\x01").build(), S.ST_TRAILING),
