@@ -32,6 +32,9 @@ from bpf.structs import (
     DownstreamState,
     FastTrack,
     SlotState,
+    SlotStream,
+    SlotStreamKey,
+    StreamKey,
     SubTarget,
     TrackKey,
     TrackSubs,
@@ -229,6 +232,27 @@ class FastPathController:
 
     def set_key_phase(self, slot: int, phase: int) -> None:
         self._modify(slot, key_phase=phase & 1)
+
+    # subgroup streams (docs/fastpath.md, "Streams")
+
+    def add_stream(self, conn_id: int, stream_id: int, track_id: int) -> None:
+        """Packets of upstream stream `stream_id` on `conn_id` become candidates (their data is cloned)."""
+        self.ingress["fast_streams"].update(StreamKey(conn_id=conn_id, stream_id=stream_id), FastTrack(track_id=track_id))
+
+    def remove_stream(self, conn_id: int, stream_id: int) -> None:
+        self.ingress["fast_streams"].delete(StreamKey(conn_id=conn_id, stream_id=stream_id))
+
+    def map_stream(self, slot: int, up_stream_id: int, down_stream_id: int, min_offset: int, max_offset: int,
+                   id_len: int) -> None:
+        """Copies of `up_stream_id` for `slot` go to `down_stream_id`, for data at or above `min_offset` ending at or
+        below `max_offset` (also the call that moves the limit: the value is user-owned)."""
+        self.egress["slot_streams"].update(
+            SlotStreamKey(slot=slot, up_stream_id=up_stream_id),
+            SlotStream(down_stream_id=down_stream_id, min_offset=min_offset, max_offset=max_offset, id_len=id_len),
+        )
+
+    def unmap_stream(self, slot: int, up_stream_id: int) -> None:
+        self.egress["slot_streams"].delete(SlotStreamKey(slot=slot, up_stream_id=up_stream_id))
 
     def slot_state(self, slot: int) -> SlotState | None:
         """What the drop policy did for one subscription (sent, priority drops, group drops)."""

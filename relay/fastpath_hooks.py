@@ -87,6 +87,9 @@ class KernelFastPathHooks:
         """True while the kernel forwards this subscription's datagrams (user space must then skip it)."""
         return sub in self._slot_of
 
+    def slot_of(self, sub: Downstream) -> int | None:
+        return self._slot_of.get(sub)
+
     def enabled(self, session: MoqtSession) -> bool:
         return session in self._conns
 

@@ -52,7 +52,8 @@ from relay.ingress_classifier import CompositeHooks, IngressClassifier
 from relay.moqt.session import MoqtSession
 from relay.quic import ConnectionHooks, MoqtConnection
 from relay.registration import Registrar, enable
-from relay.relay import Relay, Track
+from relay.relay import Downstream, Relay, Track
+from relay.stream_copies import KernelStreams
 
 log = logging.getLogger("relay.fastpath")
 
@@ -90,6 +91,7 @@ class KernelFastPath:
     policy: DropPolicy = field(default_factory=DropPolicy)
     classifier: IngressClassifier | None = None  # XDP: drops objects of tracks nobody subscribed to
     controller: FastPathController = field(init=False)
+    streams: KernelStreams = field(init=False)
     hooks: KernelFastPathHooks = field(init=False)
     registrar: Registrar = field(default_factory=Registrar)
     stats: FastPathStats = field(default_factory=FastPathStats)
@@ -109,9 +111,15 @@ class KernelFastPath:
 
     def __post_init__(self) -> None:
         self.controller = FastPathController(self.ingress.maps, self.egress.maps)
+        self.streams = KernelStreams(self.controller)
+        self.registrar.on_stream = self.streams.record
         self.hooks = KernelFastPathHooks(self.controller, self._downstream_of, self._upstream_of, lambda t: True,
                                          drop_group_rest=self.policy.rest_of_group,
-                                         on_slot_freed=self._policing.discard)
+                                         on_slot_freed=self._slot_freed)
+
+    def _slot_freed(self, slot: int) -> None:
+        self._policing.discard(slot)
+        self.streams.unmap_slot(slot)
 
     # --- life cycle ---------------------------------------------------------------------------------------------
 
@@ -202,6 +210,9 @@ class KernelFastPath:
         if self.classifier is not None:
             relay.hooks = CompositeHooks([self.hooks, self.classifier.hooks(self._upstream_of)])
         relay.forwarder.kernel_copied = self.kernel_copied
+        relay.forwarder.kernel_stream_opened = self._stream_opened
+        relay.forwarder.upstream_stream_ended = self._stream_ended
+        relay.forwarder.kernel_stream_stopped = self._stream_stopped
 
     def connection_hooks(self, inner: ConnectionHooks) -> ConnectionHooks:
         """The HAL's hooks plus the fast path's (registration before every datagram, exports after)."""
@@ -230,6 +241,9 @@ class KernelFastPath:
         def handled(conn: MoqtConnection) -> None:
             inner.datagram_handled(conn)
             self._export_acked(conn)
+            self.streams.apply()  # what the kernel sent leaves aioquic's pending data once it is written
+            if self.hooks.enabled(conn.session):
+                self.streams.refresh(conn._quic)
 
         return ConnectionHooks(made, keys, lost, arriving, handled)
 
@@ -379,6 +393,7 @@ class KernelFastPath:
         self._peer_cids.pop(session, None)
         self._congested.pop(session, None)
         self._addresses.pop(session, None)
+        self.streams.forget(conn._quic)
         self._conns.pop(session, None)
 
     def _export_acked(self, conn: MoqtConnection) -> None:
@@ -409,6 +424,28 @@ class KernelFastPath:
                 peer_cid = None  # unchanged; an enabled connection took the CID in use when it was enabled
         if (peer_cid is not None or tx_phase is not None) and self.hooks.enabled(session):
             self.hooks.connection_changed(session, dcid=peer_cid, key_phase=tx_phase)
+
+    # --- subgroup streams (relay.stream_copies) -------------------------------------------------------------------
+
+    def _stream_opened(self, track: Track, sub: Downstream, up_id: int, down_id: int, first_len: int) -> None:
+        slot, conn_id, track_id = self.hooks.slot_of(sub), self._upstream_of(track.publisher), self.hooks.track_id(track)
+        conn = self._conns.get(sub.session)
+        if slot is None or conn_id is None or track_id is None or conn is None:
+            return
+        try:
+            self.streams.opened(conn._quic, slot, conn_id, track_id, up_id, down_id, first_len)
+        except OSError as exc:  # a full map: this stream stays in user space
+            log.info("fast path: stream %d not mapped: %s", up_id, exc)
+
+    def _stream_ended(self, session: MoqtSession, up_id: int) -> None:
+        conn_id = self._upstream_ids.get(session)
+        if conn_id is not None:
+            self.streams.ended(conn_id, up_id)
+
+    def _stream_stopped(self, sub: Downstream, up_id: int) -> None:
+        slot = self.hooks.slot_of(sub)
+        if slot is not None:
+            self.streams.unmap(slot, up_id)
 
     # --- drop policy -------------------------------------------------------------------------------------------
 
@@ -464,6 +501,7 @@ class KernelFastPath:
             "registration": vars(self.registrar.stats).copy(),
             "connections": vars(self.stats).copy(),
             "subscriptions": self.subscription_stats(),
+            "streams": vars(self.streams.stats).copy(),
             "classifier": self.classifier.counters() if self.classifier is not None else None,
         }
 

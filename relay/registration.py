@@ -22,6 +22,7 @@ before an existing key. Call `drain` before feeding any datagram of a subscriber
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,6 +34,7 @@ from aioquic.tls import Epoch
 USER_PN_BASE = 1 << 40  # aioquic's own PNs live above this once the program owns the connection's numbering
 KIND_CLONE = 1
 KIND_USER = 2
+KIND_STREAM = 3  # a copy of subgroup-stream data: its delivery handlers come from `Registrar.on_stream`
 _USER_PN_MASK = (1 << (8 * PACKET_NUMBER_SEND_SIZE)) - 1
 
 
@@ -45,6 +47,10 @@ class RegRecord(Protocol):
     slot: int
     size: int
     kind: int
+    stream_id: int
+    stream_off: int
+    stream_len: int
+    stream_fin: int
 
 
 class Consumable(Protocol):
@@ -58,6 +64,7 @@ class RegistrationStats:
     """Counters that make silent mismatches visible (aioquic itself ignores unknown acknowledged PNs)."""
 
     clones: int = 0
+    stream_copies: int = 0
     renumbered: int = 0
     no_connection: int = 0  # record for a slot no longer bound (its subscription was removed)
     unmatched_user: int = 0  # kind 2 without a waiting aioquic entry
@@ -94,6 +101,8 @@ class Registrar:
     _exported: dict[int, int] = field(default_factory=dict)  # slot -> largest_acked last exported
     #: connections the last flush added packets to (their loss timers need re-arming)
     touched: list[QuicConnection] = field(default_factory=list)
+    #: stream copies: (connection, record) -> the sent packet's delivery handlers (relay.stream_copies)
+    on_stream: Callable[[QuicConnection, Any], list[tuple[Any, tuple[Any, ...]]]] = lambda conn, rec: []
 
     def bind(self, slot: int, conn: QuicConnection) -> None:
         self.conns[slot] = conn
@@ -159,8 +168,12 @@ class Registrar:
                     packet_number=pn, packet_type=QuicPacketType.ONE_RTT, sent_time=int(rec.ts_ns) / 1e9,
                     sent_bytes=int(rec.size),
                 )
+                if int(rec.kind) == KIND_STREAM:
+                    packet.delivery_handlers.extend(self.on_stream(conn, rec))
+                    self.stats.stream_copies += 1
+                else:
+                    self.stats.clones += 1
                 conn._loss.on_packet_sent(packet=packet, space=space)
-                self.stats.clones += 1
             last = max(last, pn)
             self.stats.largest_pn = max(self.stats.largest_pn, pn)
             done += 1

@@ -198,6 +198,12 @@ class Forwarder:
         #: did the kernel already copy this datagram (track, bytes, end of its alias) to its kernel-served
         #: subscribers? An upstream packet the kernel parser refused reaches them through user space instead.
         self.kernel_copied: Callable[[Track, bytes, int], bool] = lambda track, data, end: False
+        #: a kernel-served subscription's stream was opened here: (track, sub, upstream id, its id, bytes written);
+        #: the kernel copies the rest of that stream's data (relay.stream_copies)
+        self.kernel_stream_opened: Callable[[Track, Downstream, int, int, int], None] = lambda *args: None
+        #: an upstream stream ended (FIN or reset), or a subscriber stopped its copy (STOP_SENDING)
+        self.upstream_stream_ended: Callable[[MoqtSession, int], None] = lambda session, stream_id: None
+        self.kernel_stream_stopped: Callable[[Downstream, int], None] = lambda sub, stream_id: None
 
     def bind(self, track: Track) -> None:
         """The track's upstream alias is known: route its data, and replay streams that arrived early."""
@@ -319,6 +325,8 @@ class Forwarder:
             sub.streams_sent += 1
             if not ev.end_stream:
                 sub.streams[ev.stream_id] = sid
+                if sub.kernel:
+                    self.kernel_stream_opened(track, sub, ev.stream_id, sid, len(out))
         self.copies_out += len(fanout)
         if track.ending is not None:
             self.on_ending_progress(track)
@@ -343,6 +351,7 @@ class Forwarder:
                     del sub.streams[usid]
         if ev.end_stream:
             del self._streams[key]
+            self.upstream_stream_ended(session, usid)
             up.track.open_streams -= 1
             if up.track.ending is not None:
                 self.on_ending_progress(up.track)
@@ -352,6 +361,7 @@ class Forwarder:
         up = self._streams.pop((session, ev.stream_id), None)
         if up is None:
             return
+        self.upstream_stream_ended(session, ev.stream_id)
         for sub in up.track.fanout:
             sid = sub.streams.pop(ev.stream_id, None)
             if sid is not None and not sub.session.closed:
@@ -360,13 +370,13 @@ class Forwarder:
         if up.track.ending is not None:
             self.on_ending_progress(up.track)
 
-    @staticmethod
-    def stream_stopped(sub_session: MoqtSession, ev: DataStreamStopped, subs: list[Downstream]) -> None:
+    def stream_stopped(self, sub_session: MoqtSession, ev: DataStreamStopped, subs: list[Downstream]) -> None:
         """A subscriber sent STOP_SENDING: stop copying into that stream (the session already reset it)."""
         for sub in subs:
             for usid, sid in list(sub.streams.items()):
                 if sid == ev.stream_id:
                     del sub.streams[usid]
+                    self.kernel_stream_stopped(sub, usid)
 
 
 @dataclass(eq=False)
