@@ -39,7 +39,8 @@ class OneRttKeys:
     cipher_suite: tls.CipherSuite
     secret: bytes
     key_phase: int
-    trigger: str  # "tls" for the handshake's keys, "local_update" / "remote_update" for key updates
+    trigger: str  # "tls" for the handshake's keys, "local_update" / "remote_update" for key updates,
+    # "peer_confirmed" (RX, same keys) once the peer sent its first packet in the phase of our own update
 
 
 class OffloadController(Protocol):
@@ -63,18 +64,51 @@ class OffloadedCryptoContext(CryptoContext):
     """
 
     def __init__(self, key_phase: int = 0, setup_cb: Callable[[str], None] = lambda t: None,
-                 teardown_cb: Callable[[str], None] = lambda t: None) -> None:
-        super().__init__(key_phase=key_phase, setup_cb=setup_cb, teardown_cb=teardown_cb)
+                 teardown_cb: Callable[[str], None] = lambda t: None,
+                 confirm_cb: Callable[[], None] = lambda: None) -> None:
+        super().__init__(key_phase=key_phase, setup_cb=self._phase_entered, teardown_cb=teardown_cb)
+        self._outer_setup_cb = setup_cb
+        self._confirm_cb = confirm_cb
         self.offloaded = False
         self.plaintext_packets = 0
         self.software_packets = 0
+        self.old_phase_packets = 0  # NIC-verified packets of the previous phase (RFC 9001 6.5), not key updates
+        #: how the current phase began ("tls", "local_update", "remote_update") and the lowest PN received in it
+        self.phase_trigger = "tls"
+        self.phase_first_pn: int | None = None
+        self._update_pn: int | None = None  # the packet that is about to start a remote update
+
+    def _phase_entered(self, trigger: str) -> None:
+        """Every new key phase (aioquic's setup callback): reset the per-phase PN record, then the outer hook."""
+        self.phase_trigger = trigger
+        self.phase_first_pn = self._update_pn if trigger == "remote_update" else None
+        self._update_pn = None
+        self._outer_setup_cb(trigger)
+
+    @property
+    def peer_confirmed(self) -> bool:
+        """False between a local key update and the first packet the peer protected with the new keys."""
+        return self.phase_trigger != "local_update" or self.phase_first_pn is not None
+
+    def _seen_in_phase(self, packet_number: int) -> None:
+        first = self.phase_first_pn is None
+        if self.phase_first_pn is None or packet_number < self.phase_first_pn:
+            self.phase_first_pn = packet_number
+        if first and self.phase_trigger == "local_update":
+            self._confirm_cb()  # the peer switched: the NIC may now drop the previous phase's keys
 
     def decrypt_packet(self, packet: bytes, encrypted_offset: int,
                        expected_packet_number: int) -> tuple[bytes, bytes, int, bool]:
         if not (self.offloaded and not is_long_header(packet[0]) and len(packet) >= encrypted_offset + 4 + TAG_SIZE
                 and packet[-TAG_SIZE:] == ZERO_TAG):
             self.software_packets += 1
-            return super().decrypt_packet(packet, encrypted_offset, expected_packet_number)
+            result = super().decrypt_packet(packet, encrypted_offset, expected_packet_number)
+            if not is_long_header(packet[0]) and self.secret is not None:
+                if result[3]:
+                    self._update_pn = result[2]
+                else:
+                    self._seen_in_phase(result[2])
+            return result
         # NIC-verified plaintext: first byte and packet number are already unmasked (RFC 9001 5.4 done by the NIC).
         first_byte = packet[0]
         pn_length = (first_byte & PN_LENGTH_MASK) + 1
@@ -82,6 +116,16 @@ class OffloadedCryptoContext(CryptoContext):
         truncated = int.from_bytes(packet[encrypted_offset: encrypted_offset + pn_length], "big")
         packet_number = decode_packet_number(truncated, pn_length * 8, expected_packet_number)
         key_phase_changed = ((first_byte & KEY_PHASE_BIT) >> 2) != self.key_phase
+        if key_phase_changed and (not self.peer_confirmed or packet_number < (self.phase_first_pn or 0)):
+            # RFC 9001 6.5: the other phase with a PN below the current phase's first one (or before the peer has
+            # answered our own update at all) is the PREVIOUS phase, which the NIC still decrypts - never a new
+            # update. Treating it as one moved aioquic two phases ahead of the peer (NIC auth failures, lost copies).
+            key_phase_changed = False
+            self.old_phase_packets += 1
+        elif key_phase_changed:
+            self._update_pn = packet_number
+        else:
+            self._seen_in_phase(packet_number)
         self.plaintext_packets += 1
         return plain_header, packet[len(plain_header): -TAG_SIZE], packet_number, key_phase_changed
 
@@ -97,10 +141,23 @@ class OffloadedCryptoPair(CryptoPair):
     """aioquic's CryptoPair with offload-capable contexts; aioquic's key-update logic is reused unchanged."""
 
     def __init__(self, recv_setup_cb: Callable[[str], None], recv_teardown_cb: Callable[[str], None],
-                 send_setup_cb: Callable[[str], None], send_teardown_cb: Callable[[str], None]) -> None:
+                 send_setup_cb: Callable[[str], None], send_teardown_cb: Callable[[str], None],
+                 recv_confirm_cb: Callable[[], None] = lambda: None) -> None:
         super().__init__()
-        self.recv = OffloadedCryptoContext(setup_cb=recv_setup_cb, teardown_cb=recv_teardown_cb)
+        self.recv = OffloadedCryptoContext(setup_cb=recv_setup_cb, teardown_cb=recv_teardown_cb,
+                                           confirm_cb=recv_confirm_cb)
         self.send = OffloadedCryptoContext(setup_cb=send_setup_cb, teardown_cb=send_teardown_cb)
+        self.deferred_key_updates = 0
+
+    def update_key(self) -> None:
+        """RFC 9001 6.1 (aioquic does not check it): no new update while the peer has not answered the last one.
+        The NIC holds two phases; a second update would leave the peer on keys neither slot has."""
+        recv = self.recv
+        assert isinstance(recv, OffloadedCryptoContext)
+        if not recv.peer_confirmed:
+            self.deferred_key_updates += 1
+            return
+        super().update_key()
 
 
 @dataclass
@@ -171,6 +228,7 @@ class OffloadedQuicConnection(QuicConnection):
             recv_teardown_cb=old.recv._teardown_cb,
             send_setup_cb=self._offload_hook(Direction.TX, old.send._setup_cb),
             send_teardown_cb=old.send._teardown_cb,
+            recv_confirm_cb=self._offload_peer_confirmed,
         )
 
     def _offload_hook(self, direction: Direction, original: Callable[[str], None]) -> Callable[[str], None]:
@@ -199,6 +257,15 @@ class OffloadedQuicConnection(QuicConnection):
         installed = self._offload.install_keys(self, keys)
         # A key update keeps the offload state: the NIC follows the phase (its rekey), the host keeps plaintext.
         ctx.offloaded = installed if trigger == "tls" else (ctx.offloaded and installed)
+
+    def _offload_peer_confirmed(self) -> None:
+        """The peer's first packet in the phase of our own key update: the NIC may now replace the previous
+        phase's RX keys with the next phase's ("peer_confirmed", see NicOffloadController)."""
+        ctx = self._offload_context(Direction.RX)
+        if ctx.secret is None or ctx.cipher_suite is None or self._offload_released or not ctx.offloaded:
+            return
+        self._offload.install_keys(self, OneRttKeys(Direction.RX, ctx.cipher_suite, ctx.secret, ctx.key_phase,
+                                                    "peer_confirmed"))
 
     def offload_sync_cids(self) -> None:
         """Tell the controller when the host's CIDs or the peer CID in use changed (cheap when nothing did)."""

@@ -5,7 +5,9 @@ key updates become exact install / rekey / remove calls:
 
 - RX flows are keyed by every connection ID the host issued; each gets the current phase and, ahead of time, the
   next phase ("quic ku", RFC 9001 section 6.1), because the peer may switch phase with any packet and the NIC must
-  decrypt it before the host learns of the switch.
+  decrypt it before the host learns of the switch. Exception: after a LOCAL key update the other slot keeps the
+  previous phase (the peer still uses it until our first new-phase packet reaches it) and the next phase is put
+  ahead only when the host reports the peer's first packet in the new phase (trigger "peer_confirmed").
 - The TX flow is keyed by the peer CID in use; a local key update rekeys it before the first packet of the new
   phase leaves (aioquic updates its keys inside `encrypt_packet`, which triggers our callback first).
 - When the NIC refuses (a full table, an unsupported suite) the connection simply stays on software crypto:
@@ -69,8 +71,18 @@ class NicOffloadController:
                 if first:
                     for cid in sorted(state.rx_cids):
                         self._install_rx(conn, cid, keys)
+                elif keys.trigger == "local_update":
+                    # Our own update: the peer keeps sending the previous phase until it sees our first packet of
+                    # the new one, so that phase's slot stays (RFC 9001 6.5). The new phase is normally the key
+                    # installed ahead already; writing it again is exact. The next phase goes ahead only once the
+                    # peer has switched ("peer_confirmed"), before it can start another update (RFC 9001 6.2).
+                    for cid in sorted(state.rx_cids):
+                        self.installer.rekey(FlowKey(Direction.RX, cid),
+                                             rekey_from_secret(keys.cipher_suite, keys.secret, keys.key_phase))
+                        self.stats.rekeys += 1
                 else:
-                    # The NIC already decrypts the new phase (installed ahead); prepare the one after it.
+                    # "remote_update" (the peer switched: the NIC already decrypts the new phase, installed ahead)
+                    # or "peer_confirmed" (the peer answered our update): prepare the phase after it.
                     for cid in sorted(state.rx_cids):
                         self._rekey_rx_ahead(cid, keys)
             else:

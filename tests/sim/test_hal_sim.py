@@ -74,12 +74,7 @@ def test_key_update_started_by_subscribers_loses_nothing(world: SimWorld, tmp_pa
     assert after.auth_failures == 0 and after.no_key_drops == before.no_key_drops
 
 
-@pytest.mark.parametrize("fast_path", [
-    "off",
-    pytest.param("on", marks=pytest.mark.xfail(strict=False, reason="known bug under investigation: with the kernel "
-                                               "fast path, relay-initiated key updates make the NIC fail to decrypt "
-                                               "some subscriber packets (and lose copies)")),
-])
+@pytest.mark.parametrize("fast_path", ["off", "on"])
 def test_key_update_started_by_the_relay_loses_nothing(world: SimWorld, tmp_path: Path, fast_path: str) -> None:
 
     world.ensure_relay(("--key-update-every", "0.5", "--fast-path", fast_path))
@@ -88,8 +83,9 @@ def test_key_update_started_by_the_relay_loses_nothing(world: SimWorld, tmp_path
     after = world.counters()
     world.stop_relay()
     assert result.problems() == [], result.logs
-    # Over ~5 s of session at 0.5 s intervals every connection (1 publisher, 2 subscribers) changes phase often.
-    assert after.key_phase_switches - before.key_phase_switches >= 3 * 4
+    # Over ~5 s of session at 0.5 s intervals every connection (1 publisher, 2 subscribers) changes phase several
+    # times (an update waits until the peer answered the previous one, RFC 9001 section 6.1).
+    assert after.key_phase_switches - before.key_phase_switches >= 3 * 2
     assert after.auth_failures == 0 and after.no_key_drops == before.no_key_drops
 
 
