@@ -49,6 +49,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
         description="Media-over-QUIC (draft-14) relay with an eBPF fast path. Without a command it serves.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # a sub-command's --insecure must never be read as an abbreviation of a serve option
     )
     serve = _load(SERVE_MODULE)
     if serve is not None:
