@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from relay import counters as C
 from relay.auth import Action, Authorizer
 from relay.cache import CachedStream, FetchedObject, ObjectCache, TrackCache, datagram_location, stream_group
 from relay.limits import Limits, namespace_bytes
@@ -37,6 +38,7 @@ from relay.moqt.session import (
     DataStreamOpened,
     DataStreamReset,
     DataStreamStopped,
+    FetchStreamOpened,
     MoqtEvent,
     MoqtSession,
     RequestBlocked,
@@ -45,6 +47,7 @@ from relay.moqt.session import (
 )
 from relay.moqt.varint import NeedMoreData, encode_varint, varint_len
 from relay.router import NamespaceTaken, Router
+from relay.upstream import UpstreamFetches
 
 log = logging.getLogger("relay")
 
@@ -417,6 +420,10 @@ class Relay:
         self._seq = itertools.count()
         #: the upstream relay for namespaces no local publisher covers (relay.upstream.UpstreamLink), or None
         self.upstream: UpstreamSource | None = None
+        #: cascade counters (relay.counters): upstream SUBSCRIBEs sent, downstream relays' SUBSCRIBEs, loops refused
+        self.counters = C.RelayCounters()
+        self.upstream_fetches = UpstreamFetches()  # FETCHes forwarded upstream on a cache miss (relay.upstream)
+        self.relay_id = C.new_relay_id()  # this relay on a RELAY_PATH (loop detection, relay.counters)
 
     def subscriptions_of(self, session: MoqtSession) -> list[Downstream]:
         """The session's live subscriptions (those already answered with SUBSCRIBE_OK and still forwarding state)."""
@@ -436,11 +443,15 @@ class Relay:
         if isinstance(event, DatagramReceived):
             fw.datagram(session, event)
         elif isinstance(event, DataStreamData):
-            fw.stream_data(session, event)
+            if not self.upstream_fetches.data(session, event):
+                fw.stream_data(session, event)
         elif isinstance(event, DataStreamOpened):
             fw.stream_opened(session, event)
         elif isinstance(event, DataStreamReset):
-            fw.stream_reset(session, event)
+            if not self.upstream_fetches.reset(session, event):
+                fw.stream_reset(session, event)
+        elif isinstance(event, FetchStreamOpened):
+            self.upstream_fetches.opened(session, event)
         elif isinstance(event, ControlMessageReceived):
             self._on_control(session, event.message)
         elif isinstance(event, DataStreamStopped):
@@ -517,6 +528,8 @@ class Relay:
                 sub.subscriber_priority = msg.subscriber_priority
                 sub.forward = msg.forward
                 sub.track.refresh()
+        elif isinstance(msg, M.FetchOk | M.FetchError):
+            self.upstream_fetches.answer(session, msg)
         elif isinstance(msg, M.Fetch):
             self._on_fetch(peer, msg)
         elif isinstance(msg, M.FetchCancel):
@@ -550,6 +563,15 @@ class Relay:
     def _on_subscribe(self, peer: _Peer, msg: M.Subscribe) -> None:
         session = peer.session
         refused = self._refuse_subscribe(peer, msg)
+        path = C.relay_path(msg.parameters)  # set when a downstream relay sent it (relay.counters)
+        if path is not None:
+            n = self.counters.count_relay((msg.track_namespace, msg.track_name))
+            log.info("downstream relay SUBSCRIBE #%d for %s", n, C.track_label((msg.track_namespace, msg.track_name)))
+            looped = C.loop_reason(self.relay_id, path)
+            if refused is None and looped is not None:
+                self.counters.loops_refused += 1
+                log.warning("refused SUBSCRIBE for %s: %s", C.track_label((msg.track_namespace, msg.track_name)), looped)
+                refused = (E.SubscribeErrorCode.TRACK_DOES_NOT_EXIST, looped)
         if refused is not None:
             session.subscribe_error(msg.request_id, refused[0], refused[1])
             return
@@ -572,11 +594,13 @@ class Relay:
                 rid = publisher.subscribe(
                     msg.track_namespace, msg.track_name, subscriber_priority=msg.subscriber_priority,
                     group_order=msg.group_order, forward=True,
+                    parameters=C.forward_parameters(self.relay_id, path) if publisher is up else (),
                 )  # fmt: skip
             except RequestBlocked as exc:
                 session.subscribe_error(msg.request_id, E.SubscribeErrorCode.INTERNAL_ERROR, str(exc))
                 return
             if publisher is up and self.upstream is not None:
+                self.counters.count_upstream((msg.track_namespace, msg.track_name))
                 self.upstream.count_subscribe(msg.track_namespace, msg.track_name)
             track = self.tracks[key] = Track(key, publisher, rid)
             if self.cache is not None:
@@ -692,6 +716,10 @@ class Relay:
     def _on_fetch(self, peer: _Peer, msg: M.Fetch) -> None:
         session = peer.session
         code, reason, found = self._fetch_objects(peer, msg)
+        if code in (E.FetchErrorCode.NO_OBJECTS, E.FetchErrorCode.TRACK_DOES_NOT_EXIST) and self._fetch_upstream(
+            peer, msg
+        ):
+            return  # a cache miss for a track the upstream relay serves: asked there (relay.upstream)
         if code is not None:
             session.reject_request(msg, code, reason)
             return
@@ -708,6 +736,35 @@ class Relay:
         )
         peer.fetches[msg.request_id] = session.open_data_stream(
             data, True, (msg.subscriber_priority, found[0].publisher_priority)
+        )
+
+    def _fetch_upstream(self, peer: _Peer, msg: M.Fetch) -> bool:
+        """Forward a FETCH the cache cannot answer to the upstream relay, when no local publisher has the namespace;
+        a joining FETCH goes as the standalone range it covers (section 9.16.2)."""
+        up = self.upstream.session() if self.upstream is not None else None
+        if up is None:
+            return False
+        if msg.standalone is not None:
+            standalone = msg.standalone
+        else:
+            j = msg.joining
+            sub = peer.subs.get(j.joining_request_id) if j is not None else None
+            if j is None or sub is None or sub.joined_at is None:
+                return False
+            largest = sub.joined_at
+            first = j.joining_start if msg.fetch_type == M.FetchType.ABSOLUTE_JOINING else max(
+                0, largest.group - j.joining_start
+            )
+            standalone = M.StandaloneFetch(
+                sub.track.key[0], sub.track.key[1], M.Location(first, 0), M.Location(largest.group, largest.object + 1)
+            )
+        if self.router.lookup(standalone.track_namespace) is not None:
+            return False
+        path = C.relay_path(msg.parameters)
+        if C.loop_reason(self.relay_id, path) is not None:
+            return False
+        return self.upstream_fetches.forward(
+            up, peer.session, msg, standalone, C.forward_parameters(self.relay_id, path)
         )
 
     def _fetch_objects(self, peer: _Peer, msg: M.Fetch) -> tuple[int | None, str, list[FetchedObject]]:
@@ -761,6 +818,17 @@ class Relay:
         for sub in pending:
             if not sub.session.closed:
                 self._accept(track, sub)
+
+    def fail_upstream(self, track: Track, code: int, reason: str) -> bool:
+        """Give up an upstream SUBSCRIBE still waiting for its answer (relay.upstream's answer timeout): UNSUBSCRIBE
+        upstream, SUBSCRIBE_ERROR `code` to every subscriber waiting on it. False if it was answered meanwhile."""
+        pub_peer = self._peers.get(track.publisher)
+        if track.ok is not None or pub_peer is None or pub_peer.upstream.get(track.request_id) is not track:
+            return False
+        self._on_upstream_error(pub_peer, M.SubscribeError(track.request_id, code, reason))
+        if not track.publisher.closed:
+            track.publisher.unsubscribe(track.request_id)
+        return True
 
     def _on_upstream_error(self, peer: _Peer, msg: M.SubscribeError) -> None:
         track = peer.upstream.pop(msg.request_id, None)
@@ -862,6 +930,7 @@ class Relay:
         self.router.remove_owner(session)
         if peer is not None:
             peer.fetches.clear()
+        self.upstream_fetches.forget(session)
         if peer is not None:
             peer.upstream.clear()
             for sub in list(peer.subs.values()):

@@ -20,6 +20,7 @@ The data plane is handed up raw (bytes plus the Track Alias position) so a relay
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from relay.moqt import errors as E
 from relay.moqt import messages as M
 from relay.moqt import objects as O
 from relay.moqt.state import Input, RequestKind, RequestState, advance
-from relay.moqt.varint import NeedMoreData
+from relay.moqt.varint import NeedMoreData, decode_varint
 
 ALPN = "moq-00"  # section 3.1 (raw QUIC)
 DEFAULT_MAX_REQUEST_ID = 100
@@ -123,6 +124,26 @@ class ObjectReceived:
 
 
 @dataclass(frozen=True)
+class FetchStreamOpened:
+    """A FETCH_HEADER stream (section 10.4.4) answering a FETCH we sent; `data` = the bytes after the header.
+    Later bytes come as DataStreamData, a reset as DataStreamReset (same stream id)."""
+
+    stream_id: int
+    request_id: int
+    data: bytes
+    end_stream: bool
+
+
+@dataclass(frozen=True)
+class FetchObjectReceived:
+    """One object of a fetch stream (decode_objects=True only)."""
+
+    request_id: int
+    stream_id: int
+    obj: O.FetchObject
+
+
+@dataclass(frozen=True)
 class SessionClosed:
     """The session is over: `by_peer` says who closed it; error_code is the MoQT session code (section 13.1.1)."""
 
@@ -133,7 +154,7 @@ class SessionClosed:
 
 MoqtEvent = (
     SessionReady | ControlMessageReceived | DatagramReceived | DataStreamOpened | DataStreamData | DataStreamReset
-    | DataStreamStopped | ObjectReceived | SessionClosed
+    | DataStreamStopped | ObjectReceived | SessionClosed | FetchStreamOpened | FetchObjectReceived
 )  # fmt: skip
 
 
@@ -188,6 +209,7 @@ class _InStream:
     ignored: bool = False
     parser: O.DataStreamParser | None = None
     track_alias: int = 0
+    fetch_request: int | None = None  # a FETCH_HEADER stream: the request id of our FETCH
 
 
 def _is_bidi(stream_id: int) -> bool:
@@ -196,6 +218,12 @@ def _is_bidi(stream_id: int) -> bool:
 
 def _is_client_initiated(stream_id: int) -> bool:
     return stream_id & 1 == 0
+
+
+MAX_STREAM_BACKLOG = 2 << 20  # bytes aioquic may hold for one data stream we send (unsent + unacknowledged)
+MAX_SESSION_BACKLOG = 8 << 20  # bytes of all our data streams together; more: reset them at the next new stream
+STALL_SECONDS = 2.0  # a stream over a bound is reset only after its peer acknowledged nothing of it this long
+MAX_DATAGRAM_BACKLOG = 1024  # OBJECT_DATAGRAMs waiting for congestion window; older ones are dropped
 
 
 class MoqtSession:
@@ -243,6 +271,16 @@ class MoqtSession:
         self._order_keys: set[tuple[int, int]] = set()  # distinct keys: one key means nothing to sort
         self._datagram_batch: list[tuple[tuple[int, int], int, bytes]] = []
         self._datagram_seq = 0
+        # flow-control stall policy (send_stream_data, send_datagram); counters for tests and stats
+        self.max_stream_backlog = MAX_STREAM_BACKLOG
+        self.max_datagram_backlog = MAX_DATAGRAM_BACKLOG
+        self.max_session_backlog = MAX_SESSION_BACKLOG
+        self.stall_resets = 0
+        self.datagrams_dropped = 0
+        self._stalled: set[int] = set()
+        self._progress: dict[int, tuple[int, float]] = {}  # stream over a bound -> (acked offset, since when)
+        self.stall_seconds = STALL_SECONDS
+        self.clock: Callable[[], float] = time.monotonic
 
     # --- feeding ----------------------------------------------------------------------------------------------------
 
@@ -441,6 +479,13 @@ class MoqtSession:
             raise E.ProtocolViolation(f"PUBLISH_DONE for request {rid}, which we never sent")
         if req.state is not RequestState.CLOSED:
             req.state = advance(req.state, Input.END)
+        self._free_alias(rid)
+
+    def _free_alias(self, rid: int) -> None:
+        """The subscription is over: its alias is no longer "being used" (section 9.8), so the publisher (a relay
+        that frees aliases) may hand it to a later subscription without a DUPLICATE_TRACK_ALIAS close."""
+        for alias in [a for a, r in self._inbound_aliases.items() if r == rid]:
+            del self._inbound_aliases[alias]
 
     @staticmethod
     def _end_by_namespace(table: dict[int, _Request], namespace: M.Namespace) -> None:
@@ -499,10 +544,8 @@ class MoqtSession:
                 if fin:
                     del self._in_streams[sid]
                 return
-            if st.buf[0] == O.FETCH_HEADER_TYPE:  # section 10.4.4: we never send FETCH, so nothing to accept
-                st.ignored = True
-                self.quic.stop_stream(sid, E.ResetStreamCode.CANCELLED)
-                self._wrote()
+            if st.buf[0] == O.FETCH_HEADER_TYPE:  # section 10.4.4: the answer to a FETCH of ours
+                self._on_fetch_stream(sid, st, fin)
                 return
             try:
                 off = O.subgroup_header_offsets(st.buf)
@@ -536,11 +579,39 @@ class MoqtSession:
         if fin:
             self._in_streams.pop(sid, None)
 
+    def _on_fetch_stream(self, sid: int, st: _InStream, fin: bool) -> None:
+        """FETCH_HEADER = type 0x05, Request ID (section 10.4.4): accepted for a FETCH we sent, else STOP_SENDING."""
+        try:
+            _, pos = decode_varint(st.buf, 0)
+            request_id, used = decode_varint(st.buf, pos)
+        except NeedMoreData:
+            if fin:
+                raise E.ProtocolViolation("fetch stream ended inside its header") from None
+            return
+        req = self._sent.get(request_id)
+        if req is None or req.kind is not RequestKind.FETCH:
+            st.ignored = True
+            self.quic.stop_stream(sid, E.ResetStreamCode.CANCELLED)
+            self._wrote()
+            return
+        st.opened, st.fetch_request = True, request_id
+        rest = bytes(st.buf[used:])
+        st.buf = bytearray()
+        self._events.append(FetchStreamOpened(sid, request_id, rest, fin and not self.decode_objects))
+        if self.decode_objects:
+            self._decode_stream(sid, st, O.encode_fetch_header(O.FetchHeader(request_id)) + rest, fin)
+            if fin:
+                self._events.append(DataStreamData(sid, b"", True))
+        if fin:
+            self._in_streams.pop(sid, None)
+
     def _decode_stream(self, sid: int, st: _InStream, data: bytes, fin: bool) -> None:
         if st.parser is None:
             st.parser = O.DataStreamParser()
         for item in st.parser.feed(data):
-            if isinstance(item, O.SubgroupObject):
+            if isinstance(item, O.FetchObject) and st.fetch_request is not None:
+                self._events.append(FetchObjectReceived(st.fetch_request, sid, item))
+            elif isinstance(item, O.SubgroupObject):
                 hdr = st.parser.header
                 assert isinstance(hdr, O.SubgroupHeader)
                 self._events.append(
@@ -662,6 +733,7 @@ class MoqtSession:
         if req.state is RequestState.CLOSED:
             return
         req.state = advance(req.state, Input.END)
+        self._free_alias(request_id)
         self._send_control(M.Unsubscribe(request_id))
 
     def publish_done(self, request_id: int, status_code: int, stream_count: int, reason: str = "") -> None:
@@ -781,6 +853,10 @@ class MoqtSession:
 
     def send_datagram(self, data: bytes, order: tuple[int, int] | None = None) -> None:
         """Queue one raw OBJECT_DATAGRAM; `order` = (subscriber priority, publisher priority), lower goes first."""
+        pending = getattr(self.quic, "_datagrams_pending", None)
+        if pending is not None and len(pending) >= self.max_datagram_backlog:
+            pending.popleft()  # stall policy: datagrams are unreliable, the oldest waiting one goes first
+            self.datagrams_dropped += 1
         if order is None or not self.ordered_output:
             self.quic.send_datagram_frame(data)
         else:
@@ -794,7 +870,19 @@ class MoqtSession:
     def open_data_stream(
         self, first: bytes, end_stream: bool = False, order: tuple[int, int] | None = None
     ) -> int:
-        """Open a unidirectional stream with raw first bytes (a relay's rewritten subgroup header and beyond)."""
+        """Open a unidirectional stream with raw first bytes (a relay's rewritten subgroup header and beyond).
+
+        Stall policy, session level: when the streams already open hold more than `max_session_backlog` bytes in
+        aioquic (the peer is far behind on every stream, e.g. it withholds MAX_DATA), every one of them is reset
+        (DELIVERY_TIMEOUT, reported as DataStreamStopped) and the new stream starts the peer afresh."""
+        streams = getattr(self.quic, "_streams", {})
+        for gone in [sid for sid in self._progress if sid not in streams]:
+            del self._progress[gone]
+        if self._total_backlog() > self.max_session_backlog:
+            for old in list(streams):
+                behind = old != self._control_id and old not in self._stalled and self._backlog(old) > 0
+                if behind and self._no_progress_for(old) >= self.stall_seconds:
+                    self._stall(old)
         sid = self.quic.get_next_available_stream_id(is_unidirectional=True)
         if order is not None:
             self._stream_order[sid] = order
@@ -804,8 +892,55 @@ class MoqtSession:
         return sid
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """Queue data on one of our streams. Flow-control stall policy (docs/operations.md): a data stream whose
+        unacknowledged backlog passes `max_stream_backlog` (a peer that stopped reading or granting credit) is reset
+        with DELIVERY_TIMEOUT and reported as DataStreamStopped, so the relay stops copying into it; later writes
+        to it are discarded. The relay's memory per stalled stream stays below the bound."""
+        if stream_id in self._stalled:
+            return
         self.quic.send_stream_data(stream_id, data, end_stream)
+        if stream_id != self._control_id and self._backlog(stream_id) > self.max_stream_backlog:
+            if self._no_progress_for(stream_id) >= self.stall_seconds:
+                self._stall(stream_id)
+        else:
+            self._progress.pop(stream_id, None)
         self._wrote()
+
+    def _no_progress_for(self, stream_id: int) -> float:
+        """Seconds since the peer last acknowledged data of this stream (0 when first asked): a burst to a healthy
+        peer (a big object, a cache replay) is over the backlog bound only until its ACKs come, a stalled peer's
+        stays there."""
+        sender = getattr(getattr(self.quic, "_streams", {}).get(stream_id), "sender", None)
+        acked = getattr(sender, "_buffer_start", 0)
+        now = self.clock()
+        seen = self._progress.get(stream_id)
+        if seen is None or seen[0] != acked:
+            self._progress[stream_id] = (acked, now)
+            return 0.0
+        return now - seen[1]
+
+    def _stall(self, stream_id: int) -> None:
+        self._progress.pop(stream_id, None)
+        self._stalled.add(stream_id)
+        self.stall_resets += 1
+        self._writers.pop(stream_id, None)
+        self._stream_order.pop(stream_id, None)
+        self.quic.reset_stream(stream_id, E.ResetStreamCode.DELIVERY_TIMEOUT)
+        # aioquic keeps the data until the peer acknowledges the reset (a stalled peer may never): nothing reads it
+        # after reset() (get_frame asserts, on_data_delivery returns early), so free it now
+        buf = getattr(getattr(getattr(self.quic, "_streams", {}).get(stream_id), "sender", None), "_buffer", None)
+        if isinstance(buf, bytearray):
+            buf.clear()
+        self._events.append(DataStreamStopped(stream_id, E.ResetStreamCode.DELIVERY_TIMEOUT))
+
+    def _total_backlog(self) -> int:
+        return sum(self._backlog(sid) for sid in getattr(self.quic, "_streams", {}) if sid != self._control_id)
+
+    def _backlog(self, stream_id: int) -> int:
+        """Bytes aioquic still holds for a stream we send on (unsent + unacknowledged)."""
+        stream = getattr(self.quic, "_streams", {}).get(stream_id)
+        sender = getattr(stream, "sender", None)
+        return len(getattr(sender, "_buffer", b""))
 
     def reset_data_stream(self, stream_id: int, error_code: int) -> None:
         """RESET_STREAM on one of our data streams (section 10.4: codes in errors.ResetStreamCode)."""
@@ -823,6 +958,8 @@ class MoqtSession:
         return sid
 
     def send_subgroup_object(self, stream_id: int, obj: O.SubgroupObject, end_stream: bool = False) -> None:
+        if stream_id in self._stalled:
+            return
         writer = self._writers[stream_id]
         self.send_stream_data(stream_id, writer.object_bytes(obj), end_stream)
         if end_stream:

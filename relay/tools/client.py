@@ -112,7 +112,32 @@ class SessionClosed:
     reason: str
 
 
-Event = ObjectReceived | PublishDone | SubscribeRequested | Unsubscribed | SessionClosed
+@dataclass(frozen=True)
+class FetchedObject:
+    """One object of a FETCH_HEADER stream (draft-14 section 10.4.4), as the relay sent it."""
+
+    request_id: int
+    group: int
+    subgroup: int
+    obj: int
+    priority: int
+    payload: bytes
+    status: int
+
+
+@dataclass(frozen=True)
+class FetchDone:
+    """The fetch stream of `request_id` ended (FIN: every object is in; reset: `reset` is its error code)."""
+
+    request_id: int
+    reset: int | None = None
+
+
+Event = ObjectReceived | PublishDone | SubscribeRequested | Unsubscribed | SessionClosed | FetchedObject | FetchDone
+
+# FETCH_ERROR codes (draft-14, FETCH_ERROR) -> names.
+FETCH_ERROR_NAMES = {**SUBSCRIBE_ERROR_NAMES, 0x6: "NO_OBJECTS", 0x7: "INVALID_JOINING_REQUEST_ID",
+                     0x8: "UNKNOWN_STATUS_IN_RANGE", 0x9: "MALFORMED_TRACK"}  # fmt: skip
 
 
 class MoqtClient(Protocol):
@@ -204,6 +229,7 @@ class SessionClient:
         self._early: list[S.ObjectReceived] = []  # objects that overtook their SUBSCRIBE_OK
         self._closed = False
         self.lab_plaintext = False  # set by connect(): explains an ALPN mismatch from the right side
+        self._fetch_streams: dict[int, int] = {}  # fetch stream id -> our FETCH's request id
         protocol.set_event_handler(self._on_event)
 
     # --- events from the session --------------------------------------------------------------------------------
@@ -216,6 +242,17 @@ class SessionClient:
             self._on_control(event.message)
         elif isinstance(event, S.ObjectReceived):
             self._on_object(event)
+        elif isinstance(event, S.FetchStreamOpened):
+            self._fetch_streams[event.stream_id] = event.request_id
+        elif isinstance(event, S.FetchObjectReceived):
+            o = event.obj
+            self._events.put_nowait(FetchedObject(event.request_id, o.group_id, o.subgroup_id, o.object_id,
+                                                  o.publisher_priority, o.payload, o.status))
+        elif isinstance(event, S.DataStreamData | S.DataStreamReset) and event.stream_id in self._fetch_streams:
+            if isinstance(event, S.DataStreamReset) or event.end_stream:
+                rid = self._fetch_streams.pop(event.stream_id)
+                reset = event.error_code if isinstance(event, S.DataStreamReset) else None
+                self._events.put_nowait(FetchDone(rid, reset))
         elif isinstance(event, S.SessionClosed):
             self._closed = True
             reason = f"{event.reason or 'no reason'} (code 0x{event.error_code:x})"
@@ -230,7 +267,8 @@ class SessionClient:
             self._events.put_nowait(SessionClosed(reason))
 
     def _on_control(self, msg: M.ControlMessage) -> None:
-        if isinstance(msg, M.SubscribeOk | M.SubscribeError | M.PublishNamespaceOk | M.PublishNamespaceError):
+        if isinstance(msg, M.SubscribeOk | M.SubscribeError | M.PublishNamespaceOk | M.PublishNamespaceError
+                      | M.FetchOk | M.FetchError):
             entry = self._pending.pop(msg.request_id, None)
             fut = entry[1] if entry is not None else None
             if isinstance(msg, M.SubscribeOk):
@@ -308,6 +346,29 @@ class SessionClient:
                 "SUBSCRIBE", reply.error_code, reply.reason, error_name(reply.error_code, SUBSCRIBE_ERROR_NAMES)
             )
         return holder[0]
+
+    async def fetch(
+        self, namespace: tuple[bytes, ...], track: bytes, start: M.Location, end: M.Location, priority: int
+    ) -> tuple[int, M.FetchOk]:
+        """Standalone FETCH (draft-14 section 9.16.1); (request id, FETCH_OK); objects follow as FetchedObject
+        events, then FetchDone. RequestRejected on FETCH_ERROR."""
+        holder: list[int] = []
+
+        def send() -> int:
+            rid = self._moqt.fetch(
+                priority, standalone=M.StandaloneFetch(namespace, track, start, end),
+                parameters=self.request_parameters,
+            )  # fmt: skip
+            holder.append(rid)
+            return rid
+
+        reply = await self._request("FETCH", send)
+        if isinstance(reply, M.FetchError):
+            raise RequestRejected(
+                "FETCH", reply.error_code, reply.reason, error_name(reply.error_code, FETCH_ERROR_NAMES)
+            )
+        assert isinstance(reply, M.FetchOk)
+        return holder[0], reply
 
     def unsubscribe(self, request_id: int) -> None:
         if not self._closed:

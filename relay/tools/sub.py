@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -20,8 +21,11 @@ from typing import Any, Protocol, runtime_checkable
 
 from crypto_offload import plaintext
 from relay.auth import use_token
+from relay.moqt import messages as M
 from relay.tools.client import (
     PUBLISH_DONE_NAMES,
+    FetchDone,
+    FetchedObject,
     MoqtClient,
     ObjectReceived,
     PublishDone,
@@ -93,6 +97,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subscribers", type=int, default=1, help="independent sessions in this process")
     parser.add_argument("--unsubscribe-after", type=float, help="send UNSUBSCRIBE after S seconds, keep listening")
     parser.add_argument("--unsubscribe-after-objects", type=int, help="send UNSUBSCRIBE after N objects")
+    parser.add_argument("--fetch", metavar="START:END",
+                        help="instead of subscribing, FETCH the range (G[.O]:G[.O], End as on the wire: object 0 = "
+                             "the whole end group) and report its objects (see docs/tools.md)")
     parser.add_argument("--token", help="authorization token for the SUBSCRIBE (see docs/operations-config.md)")
     parser.add_argument("--dump", type=Path, help="write one JSON line per object (ids, priority, sha256)")
     parser.add_argument("--key-update-after", type=int, metavar="N",
@@ -147,6 +154,26 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"relay sub: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    fetch_range = getattr(args, "fetch", None)
+    if fetch_range is not None:
+        try:
+            start, end = parse_fetch_range(fetch_range)
+        except UsageError as exc:
+            print(f"relay sub: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            report = asyncio.run(fetch_once(cfg, start, end, partial(connect, lab_plaintext=cfg.lab_plaintext)))
+        except ToolError as exc:
+            print(f"relay sub: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        dump = report.pop("_dump")
+        if cfg.dump_path is not None:
+            cfg.dump_path.write_text("".join(json.dumps(r) + "\n" for r in dump))
+        text = json.dumps(report, indent=2)
+        if cfg.json_path is not None:
+            cfg.json_path.write_text(text + "\n")
+        print(text)
+        return EXIT_OK if report["complete"] else EXIT_INTEGRITY
     try:
         if cfg.lab_plaintext:
             plaintext.warn("relay sub")
@@ -281,3 +308,74 @@ def _trigger(client: MoqtClient, action: str) -> int:
     if not isinstance(client, TransportTriggers):
         raise ToolError(f"this client cannot {action.replace('_', ' ')}")
     return 0 if getattr(client, action)() is False else 1
+
+
+def _location(text: str) -> M.Location:
+    group, _, obj = text.partition(".")
+    try:
+        loc = M.Location(int(group), int(obj or 0))
+    except ValueError:
+        raise UsageError(f"--fetch: {text!r} is not GROUP or GROUP.OBJECT") from None
+    if loc.group < 0 or loc.object < 0:
+        raise UsageError("--fetch: locations are non-negative")
+    return loc
+
+
+def parse_fetch_range(text: str) -> tuple[M.Location, M.Location]:
+    """`G[.O]:G[.O]` -> (Start Location, End Location) exactly as a standalone FETCH carries them (section 9.16.1)."""
+    first, sep, last = text.partition(":")
+    if not sep:
+        raise UsageError("--fetch needs START:END, e.g. 0:3 or 2.5:4.0")
+    return _location(first), _location(last)
+
+
+async def fetch_once(
+    cfg: SubConfig, start: M.Location, end: M.Location,
+    connect_client: Callable[[Endpoint], Awaitable[MoqtClient]] = connect,
+) -> dict[str, Any]:
+    """One standalone FETCH: every object of the fetch stream, in arrival order, until its FIN (or --duration)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    client = await connect_client(cfg.endpoint)
+    use_token(client, cfg.token)
+    fetch = getattr(client, "fetch", None)
+    if fetch is None:
+        await client.close()
+        raise ToolError("this client cannot FETCH")
+    objects: list[dict[str, Any]] = []
+    complete = False
+    reset: int | None = None
+    try:
+        rid, ok = await fetch(cfg.namespace, cfg.track, start, end, cfg.priority)
+        deadline = started + cfg.duration
+        while (left := deadline - loop.time()) > 0:
+            try:
+                event = await asyncio.wait_for(client.next_event(), left)
+            except TimeoutError:
+                break
+            if isinstance(event, FetchedObject) and event.request_id == rid:
+                objects.append({
+                    "group": event.group, "subgroup": event.subgroup, "object": event.obj,
+                    "priority": event.priority, "status": event.status, "size": len(event.payload),
+                    "sha256": hashlib.sha256(event.payload).hexdigest(),
+                })  # fmt: skip
+            elif isinstance(event, FetchDone) and event.request_id == rid:
+                complete, reset = event.reset is None, event.reset
+                break
+            elif isinstance(event, SessionClosed):
+                break
+    finally:
+        await client.close()
+    return {
+        "url": cfg.endpoint.url,
+        "namespace": "/".join(f.decode(errors="replace") for f in cfg.namespace),
+        "track": cfg.track.decode(errors="replace"),
+        "fetch": {"start": [start.group, start.object], "end": [end.group, end.object]},
+        "fetch_ok_end": [ok.end_location.group, ok.end_location.object],
+        "objects": len(objects),
+        "groups": sorted({o["group"] for o in objects}),
+        "complete": complete,
+        "reset": reset,
+        "elapsed_s": round(loop.time() - started, 3),
+        "_dump": objects,
+    }
