@@ -85,8 +85,11 @@ class PinDir:
         return self.root / self.prefix
 
     def create(self) -> Path:
+        """The folder, root-only (0700): pinned maps hold connection ids and keys' slots, and anyone who can open a
+        pin can update the map (issue #10, privilege)."""
         ensure_bpffs()
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.path, 0o700)  # mkdir's mode is masked by the umask and ignored for an existing folder
         return self.path
 
     def remove(self) -> None:
@@ -244,6 +247,7 @@ class Map:
 
     def pin(self, path: Path) -> None:
         libbpf.check(libbpf.lib().bpf_obj_pin(self.fd, str(path).encode()), f"pin map {self.name} at {path}")
+        os.chmod(path, 0o600)  # bpffs already creates pins 0600 & ~umask; say it, whatever the umask
         self.pinned = path
 
 

@@ -13,6 +13,7 @@ import ctypes.util
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -160,6 +161,70 @@ def check_tcpdump() -> Check:
                  "" if ok else "apt-get install -y tcpdump", required=False)
 
 
+# --- unsafe settings (warnings, never required: the relay runs, but it is exposed) ------------------------------
+
+
+def _sysctl(name: str) -> int | None:
+    try:
+        return int(Path("/proc/sys", *name.split(".")).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def check_unprivileged_bpf() -> Check:
+    v = _sysctl("kernel.unprivileged_bpf_disabled")
+    ok = v is None or v != 0
+    return Check("unprivileged bpf", ok, f"kernel.unprivileged_bpf_disabled = {v}",
+                 "" if ok else "sysctl -w kernel.unprivileged_bpf_disabled=2 (any user can load BPF programs now)",
+                 required=False)  # fmt: skip
+
+
+def check_jit_harden() -> Check:
+    v = _sysctl("net.core.bpf_jit_harden")
+    ok = v is None or v >= 1
+    return Check("bpf jit hardening", ok, f"net.core.bpf_jit_harden = {v}",
+                 "" if ok else "sysctl -w net.core.bpf_jit_harden=1 (constant blinding against JIT spraying)",
+                 required=False)  # fmt: skip
+
+
+def check_state_dir(state_dir: Path) -> Check:
+    """Private keys (key.pem, ca-key.pem) readable by anyone but their owner, or a folder others can write into."""
+    if not state_dir.exists():
+        return Check("state dir", True, f"{state_dir} not made yet (the relay makes keys 0600)", required=False)
+    bad = []
+    if state_dir.stat().st_mode & 0o022:
+        bad.append(f"{state_dir} is writable by group/others")
+    for key in sorted(state_dir.glob("*key*.pem")):
+        if key.stat().st_mode & 0o077:
+            bad.append(f"{key.name} mode {key.stat().st_mode & 0o777:o}")
+    return Check("state dir", not bad, "; ".join(bad) or f"{state_dir}: keys private",
+                 f"chmod 0600 {state_dir}/*key*.pem; chmod go-w {state_dir}" if bad else "", required=False)  # fmt: skip
+
+
+UNSAFE_FLAGS = {
+    "--insecure-upstream": "the upstream relay's certificate is not verified: anyone on the path can pose as it",
+    "--insecure-lab-plaintext": "1-RTT packets travel unencrypted",
+    "--keep-privileges": "the relay keeps every capability after set-up",
+    "--key-update-every": "a test knob, not for production",
+}
+
+
+def check_relay_args(argv: list[str]) -> list[Check]:
+    """The flags a relay is (to be) started with: `relay doctor --relay-args "--hal sim --insecure-upstream"`."""
+    found = [f for f in UNSAFE_FLAGS if any(a == f or a.startswith(f + "=") for a in argv)]
+    return [Check(f"flag {f}", False, UNSAFE_FLAGS[f], f"leave out {f} outside tests", required=False) for f in found]
+
+
+def security_checks(state_dir: Path | None = None, relay_args: list[str] | None = None) -> list[Check]:
+    if state_dir is None:
+        from relay.serve import default_state_dir  # late: serve imports the HAL registry
+
+        state_dir = default_state_dir()
+    return [check_unprivileged_bpf(), check_jit_harden(), check_state_dir(state_dir)] + check_relay_args(
+        relay_args or []
+    )
+
+
 def all_checks() -> list[Check]:
     singles: list[Callable[[], Check]] = [check_root, check_bpf_syscall, check_btf, check_bpffs, check_bpf_stats]
     checks = [f() for f in singles]
@@ -184,10 +249,14 @@ def render(checks: list[Check]) -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the checks as JSON (for scripts)")
+    parser.add_argument("--state-dir", type=Path, default=None, help="the relay's --state-dir to vet (default: its default)")
+    parser.add_argument("--relay-args", default="", metavar="ARGS",
+                        help='the flags the relay runs with, to warn about unsafe ones, e.g. "--insecure-upstream"')
 
 
 def run(args: argparse.Namespace) -> int:
-    checks = all_checks()
+    checks = all_checks() + security_checks(getattr(args, "state_dir", None),
+                                            shlex.split(getattr(args, "relay_args", "") or ""))  # fmt: skip
     if args.json:
         json.dump([asdict(c) for c in checks], sys.stdout, indent=2)
         sys.stdout.write("\n")

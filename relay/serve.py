@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -28,6 +29,7 @@ from crypto_offload.nic_io import in_netns
 from hal import registry
 from hal.base import Hal, HalError, HalFactory
 from hal.none import NoneFactory
+from relay import privilege
 from relay.cache import ObjectCache
 from relay.config import ConfigError, RelayConfig, load_config
 from relay.drop_policy import PRIORITY_P_FRAMES, DropPolicy
@@ -142,6 +144,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--plan", action="store_true",
         help="print where the HAL backend would run each BPF program and why (e.g. --hal netronome), then exit",
     )  # fmt: skip
+    g.add_argument(
+        "--idle-timeout", metavar="SECONDS", type=float, default=30.0,
+        help="QUIC idle timeout (RFC 9000 section 10.1): a peer that vanished without closing (killed, unplugged) "
+        "is noticed after this long, and its subscribers get PUBLISH_DONE then (default 30; lower = faster notice, "
+        "but idle peers must send something, e.g. PING, that often)",
+    )  # fmt: skip
+    g.add_argument(
+        "--keep-privileges", action="store_true",
+        help="do not drop capabilities once set up (default: drop all but what the data plane still needs, "
+        "see docs/operations.md)",
+    )  # fmt: skip
     g.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for QUIC details)")
     for factory in backends.values():
         factory.configure(parser)
@@ -176,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--cert and --key go together (or leave both out to have certificates made for you)")
     if args.max_request_id < 1:
         return _fail("--max-request-id must be at least 1")
+    if getattr(args, "idle_timeout", 30.0) <= 0:
+        return _fail("--idle-timeout must be a positive number of seconds")
     if args.key_update_every is not None and args.key_update_every <= 0:
         return _fail("--key-update-every must be a positive number of seconds")
     if getattr(args, "upstream", None):
@@ -352,7 +367,10 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal, fast:
             print(f"relay: cannot write certificates in {state}: {exc}; use --state-dir DIR", file=sys.stderr)
             return 2
         cert, key, ca = str(paths.cert), str(paths.key), str(paths.ca)
-    config = make_configuration(is_client=False, cert=cert, key=key, qlog_dir=args.qlog_dir)
+    config = make_configuration(
+        is_client=False, cert=cert, key=key, qlog_dir=args.qlog_dir,
+        idle_timeout=getattr(args, "idle_timeout", 30.0),
+    )  # fmt: skip
     f = fast
     hooks, controller = _hal_hooks(hal, (lambda c: OffloadObserver(c, f)) if f is not None else None)
     if fast is not None:
@@ -365,6 +383,8 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal, fast:
         config.cipher_suites = [
             tls.CipherSuite(int(s)) for s in sorted(controller.installer.capabilities().suites)
         ]
+        print(f"TLS offers the NIC's cipher suites only: {', '.join(s.name for s in config.cipher_suites)}",
+              flush=True)
     rc: RelayConfig = getattr(args, "relay_config", None) or RelayConfig()
     relay = Relay(cache=ObjectCache(rc.cache), auth=rc.authorizer(), limits=rc.limits)
     if fast is not None:
@@ -389,6 +409,8 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal, fast:
         )
         relay.upstream = link
         link.start()
+    if not getattr(args, "keep_privileges", False):
+        _drop_privileges(hal, fast)
     shown = f"[{host}]" if ":" in host else host
     print(f"listening on moqt://{shown}:{server.port}", flush=True)
     print(f"ca: {ca}", flush=True)
@@ -422,6 +444,26 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal, fast:
     await asyncio.sleep(0.05)
     server.close()
     return 0
+
+
+def _drop_privileges(hal: Hal, fast: KernelFastPath | None) -> None:
+    """Set-up is over (socket bound, programs attached): keep only what the data plane needs (relay/privilege.py).
+    Capabilities are per thread, so the loop's thread pool (made for getaddrinfo) is replaced by one whose threads
+    start after the drop."""
+    keep = privilege.needed_capabilities(fast_path=fast is not None, netns=hal.netns() is not None)
+    log = logging.getLogger("relay.privilege")
+    loop = asyncio.get_running_loop()
+    old = getattr(loop, "_default_executor", None)
+    try:
+        privilege.drop_capabilities(keep)
+    except OSError as exc:
+        log.warning("could not drop capabilities (%s): the relay keeps running with the ones it had", exc)
+        return
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(thread_name_prefix="relay"))
+    if old is not None:
+        old.shutdown(wait=True)  # idle getaddrinfo threads: they still hold the capabilities of the set-up
+    if left := privilege.privileged_tasks(keep):
+        log.warning("threads %s still hold capabilities beyond what the relay needs", left)
 
 
 async def _key_updates(connections: set[MoqtConnection], every: float) -> None:
