@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("sim.demo", "run the demonstration end to end and write a report"),
     "bench": ("sim.bench", "measure the fast path against the user-space path and the floor, as ratios (root)"),
     "offload-check": ("relay.offload_check_cli", "check that BPF programs fit a target (nfp, host-tc, host-xdp)"),
+    "stats": ("relay.stats_cli", "show a running relay's sessions, tracks, subscribers and counters (control socket)"),
     "conformance": ("relay.conformance_cli", "run the HAL conformance suite against a NIC backend (--hal NAME)"),
 }
 SERVE_MODULE = "relay.serve"

@@ -29,7 +29,7 @@ from crypto_offload.nic_io import in_netns
 from hal import registry
 from hal.base import Hal, HalError, HalFactory
 from hal.none import NoneFactory
-from relay import privilege
+from relay import privilege, stats
 from relay.cache import ObjectCache
 from relay.config import ConfigError, RelayConfig, load_config
 from relay.drop_policy import PRIORITY_P_FRAMES, DropPolicy
@@ -156,6 +156,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "see docs/operations.md)",
     )  # fmt: skip
     g.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for QUIC details)")
+    stats.add_arguments(g)  # --metrics, --stats-socket (relay/stats.py)
     for factory in backends.values():
         factory.configure(parser)
 
@@ -390,6 +391,7 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal, fast:
     if fast is not None:
         fast.install(relay)
         fast.run(asyncio.get_running_loop())
+        relay.stats_providers = {"fastpath": stats.FunctionProvider(fast.counters)}  # type: ignore[attr-defined]
     # with --config, [limits] max_requests_per_session replaces --max-request-id
     max_request_id = (
         rc.limits.max_requests_per_session if getattr(args, "config", None) else args.max_request_id
@@ -409,6 +411,7 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal, fast:
         )
         relay.upstream = link
         link.start()
+    observers = await stats.start(args, relay, hal)  # control socket + --metrics (relay/stats.py)
     if not getattr(args, "keep_privileges", False):
         _drop_privileges(hal, fast)
     shown = f"[{host}]" if ":" in host else host
@@ -443,6 +446,7 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal, fast:
         conn.close_session(0, "relay shutting down")
     await asyncio.sleep(0.05)
     server.close()
+    stats.stop(observers)
     return 0
 
 

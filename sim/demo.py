@@ -185,6 +185,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "(root), one node per subscriber, sub0 behind a constrained link, sub1 behind a lossy one")
     parser.add_argument("--fast-path", choices=["on", "off", "both"], default="both",
                         help="with --hal sim: the kernel fast path on, off, or both one after the other (default)")
+    parser.add_argument("--nic-engine", choices=["user", "tc"], default="user",
+                        help="with --hal sim: the NIC's crypto engine (docs/tc-crypto-engine.md; default user)")
     parser.add_argument("--subscribers", type=int, default=None,
                         help="number of subscribers (default 4 on loopback, 8 in the sim)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of media to publish (default 10)")
@@ -206,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
     if args.hal == "sim":
         from sim.simdemo import main_sim  # imports the sim's netlink machinery only when asked for
 
+        os.environ["RELAY_NIC_ENGINE"] = args.nic_engine  # hal/sim.py's --nic-engine default in the relays started
+
         print(f"demo: sim, 1 publisher -> {cfg.subscribers} subscribers, {cfg.mode}, {cfg.duration:.0f} s, "
               f"fast path {args.fast_path}")
         return main_sim(cfg, args.fast_path)
@@ -214,5 +218,9 @@ def run(args: argparse.Namespace) -> int:
     report = run_demo(cfg)
     print(verdict_table(report))
     print(f"report: {cfg.out / 'report.json'}")
+    from sim import report as html_report  # noqa: PLC0415 - matplotlib loads only when a report is written
+
+    print(html_report.text_table(report))
+    print(f"report: {html_report.write(cfg.out / 'report.json')}")
     ok = all(not s.get("errors") and s.get("objects", 0) > 0 for s in report["subscribers"])
     return 0 if ok else 1

@@ -27,6 +27,11 @@ def test_demo_writes_a_consistent_report(tmp_path: Path) -> None:
     assert summary["copies_delivered"] == 2 * published
     assert summary["relay_cpu_us_per_copy"] is not None and summary["relay_cpu_us_per_copy"] > 0
     assert "us per delivered copy" in run.stdout and str(out / "report.json") in run.stdout
+    # published = delivered + dropped by policy + lost, per subscriber (sim/report.py), and the page exists
+    from sim.report import accounting
+
+    assert all(row["consistent"] for row in accounting(report)), accounting(report)
+    assert "data:image/png;base64," in (out / "report.html").read_text() and str(out / "report.html") in run.stdout
 
 
 def test_demo_rejects_zero_subscribers_with_a_usage_error() -> None:

@@ -1,0 +1,190 @@
+"""A JSON snapshot of a running relay, and the local control socket that serves it.
+
+Why a snapshot function: `relay stats`, the Prometheus endpoint (relay.metrics) and the demo report all read the same
+figures; computing them in one place keeps their names and meanings identical. Providers (the HAL's stats(), the
+kernel fast path once wired) plug in through `StatsProvider` so this module never imports them.
+
+Why a unix socket: a local, permission-checked (0600) way to read a relay's state without opening a network port.
+The protocol is one JSON document per connection: connect, read until EOF.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from relay.counters import track_label
+from relay.relay import Relay
+
+RUN_DIR = Path(os.environ.get("MOQ_RELAY_RUN_DIR", "/run/moq-relay"))
+
+
+class StatsProvider(Protocol):
+    """Anything with figures to add to the snapshot (HAL, kernel fast path): a JSON-ready dict."""
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+class FunctionProvider:
+    """Adapts a plain callable (e.g. `hal.stats`) to StatsProvider."""
+
+    def __init__(self, fn: Callable[[], Mapping[str, Any]]) -> None:
+        self._fn = fn
+
+    def snapshot(self) -> dict[str, Any]:
+        return dict(self._fn())
+
+
+def snapshot(relay: Relay, providers: Mapping[str, StatsProvider] | None = None) -> dict[str, Any]:
+    """Everything `relay stats` and `/metrics` show, as JSON-ready data. A failing provider is reported, not raised:
+    a stats reader must never take the relay down."""
+    sessions = set(relay._peers)  # noqa: SLF001 - the relay's session table is the source of truth
+    tracks: list[dict[str, Any]] = []
+    subscribers = 0
+    kernel_subscribers = 0
+    for track in relay.live | set(relay.tracks.values()):
+        subs = []
+        for sub in track.subscribers:
+            subscribers += 1
+            kernel_subscribers += int(sub.kernel)
+            subs.append(
+                {
+                    "request_id": sub.request_id,
+                    "priority": sub.subscriber_priority,
+                    "forward": sub.forward,
+                    "kernel": sub.kernel,
+                    "streams_sent": sub.streams_sent,
+                }
+            )
+        tracks.append(
+            {
+                "track": track_label(track.key),
+                "subscribers": subs,
+                "pending": len(track.pending),
+                "upstream_streams": track.upstream_streams,
+                "open_streams": track.open_streams,
+                "ended": track.ending is not None or track.done_sent,
+            }
+        )
+    fwd = relay.forwarder
+    out: dict[str, Any] = {
+        "time": time.time(),
+        "pid": os.getpid(),
+        "sessions": len(sessions),
+        "tracks": len(tracks),
+        "subscribers": subscribers,
+        "kernel_subscribers": kernel_subscribers,
+        "user": {"datagrams_in": fwd.datagrams_in, "copies_out": fwd.copies_out},
+        "cascade": relay.counters.snapshot(),
+        "track_list": sorted(tracks, key=lambda t: str(t["track"])),
+        "providers": {},
+    }
+    for name, provider in (providers or {}).items():
+        try:
+            out["providers"][name] = provider.snapshot()
+        except Exception as exc:  # noqa: BLE001 - see docstring
+            out["providers"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
+
+
+def default_socket_path(name: str | None = None) -> Path:
+    return RUN_DIR / f"{name or os.getpid()}.sock"
+
+
+async def serve_socket(path: Path, make: Callable[[], dict[str, Any]]) -> asyncio.Server:
+    """Serve `make()` as JSON to each connection on a 0600 unix socket at `path` (a stale file is replaced)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        path.unlink()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(json.dumps(make(), default=str).encode())
+            await writer.drain()
+        finally:
+            writer.close()
+
+    old = os.umask(0o177)
+    try:
+        server = await asyncio.start_unix_server(answer, path=str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return server
+
+
+async def read_socket(path: Path, timeout: float = 5.0) -> dict[str, Any]:
+    """One snapshot from a relay's control socket."""
+    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout)
+    try:
+        data = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+    result: dict[str, Any] = json.loads(data)
+    return result
+
+
+def add_arguments(group: Any) -> None:
+    """The serve options of this module and relay.metrics (relay/serve.py calls this)."""
+    group.add_argument(
+        "--metrics", metavar="HOST:PORT", default=None,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (names: docs/observability.md)",
+    )  # fmt: skip
+    group.add_argument(
+        "--stats-socket", metavar="PATH", default=None,
+        help=f"control socket for `relay stats` (default {RUN_DIR}/<pid>.sock, or $XDG_RUNTIME_DIR/tmp if unwritable)",
+    )  # fmt: skip
+
+
+async def start(args: Any, relay: Relay, hal: Any = None) -> list[asyncio.Server]:
+    """Start the control socket (always; a failure only warns) and --metrics; print where they are."""
+    from relay import metrics  # noqa: PLC0415 - metrics imports nothing of ours, kept lazy for import cost
+
+    providers: dict[str, StatsProvider] = {}
+    if hal is not None and hasattr(hal, "stats"):
+        providers["hal"] = FunctionProvider(hal.stats)
+    providers.update(getattr(relay, "stats_providers", {}))
+
+    def make() -> dict[str, Any]:
+        return snapshot(relay, {**providers, **getattr(relay, "stats_providers", {})})
+
+    servers = []
+    candidates = (
+        [Path(args.stats_socket)]
+        if getattr(args, "stats_socket", None)
+        else [
+            default_socket_path(),
+            Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"moq-relay-{os.getpid()}.sock",
+        ]
+    )
+    for path in candidates:
+        try:
+            servers.append(await serve_socket(path, make))
+            print(f"stats socket: {path}", flush=True)
+            break
+        except OSError as exc:
+            print(f"relay: no stats socket at {path}: {exc}", flush=True)
+    if getattr(args, "metrics", None):
+        host, port = metrics.parse_hostport(args.metrics)
+        server = await metrics.serve_metrics(host, port, make)
+        bound = server.sockets[0].getsockname()
+        print(f"metrics: http://{host}:{bound[1]}/metrics", flush=True)
+        servers.append(server)
+    return servers
+
+
+def stop(servers: list[asyncio.Server]) -> None:
+    """Close the observers and remove the socket file (a leftover would point `relay stats` at a dead relay)."""
+    for server in servers:
+        for sock in server.sockets:
+            name = sock.getsockname()
+            if isinstance(name, str) and name:
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
+        server.close()
