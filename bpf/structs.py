@@ -318,3 +318,152 @@ MIRRORS: tuple[type[Mirror], ...] = (
     SelftestEvent,
     SelftestConfig,
 )
+
+
+# ---- Kernel-resident loss recovery (issue 5; bpf/src/recovery.h, client_ingress.bpf.c) ----
+RECOVERY_RING = 256  # sent packets kept per connection; slot = pn % RECOVERY_RING
+RECOVERY_MAX_RANGES = 32  # Additional ACK Ranges one ACK frame may carry in the kernel
+RECOVERY_NONE = (1 << 64) - 1  # largest_acked / largest_sent / min_rtt before the first value
+SENT_OWNER_FORWARDED, SENT_OWNER_USER = 1, 2
+SENT_EMPTY, SENT_IN_FLIGHT, SENT_ACKED, SENT_LOST, SENT_NEWLY_ACKED = 0, 1, 2, 3, 4
+
+
+class SentPkt(Mirror):
+    """One entry of the sent-packet ring (RFC 9002 A.1.1)."""
+
+    c_name = "sent_pkt"
+    _fields_ = [
+        ("pn", u64), ("sent_ns", u64), ("stream_id", u64), ("stream_off", u64), ("size", u32),
+        ("stream_len", u32), ("owner", u8), ("state", u8), ("stream_fin", u8), ("_pad0", u8 * 5),
+    ]
+
+
+class RecoveryState(Mirror):
+    """recovery_state value: RFC 9002 state of one downstream connection (kernel-owned once seeded)."""
+
+    c_name = "recovery_state"
+    _fields_ = [
+        ("largest_acked", u64), ("largest_sent", u64), ("bytes_in_flight", u64), ("cwnd", u64), ("ssthresh", u64),
+        ("recovery_start_ns", u64), ("latest_rtt", u64), ("min_rtt", u64), ("smoothed_rtt", u64), ("rttvar", u64),
+        ("ecn_ce", u64), ("last_pass_ns", u64), ("acked_packets", u64), ("acked_bytes", u64),
+        ("lost_packets", u64), ("lost_bytes", u64), ("evicted", u64), ("sent_packets", u64), ("sent_bytes", u64),
+        ("congestion_events", u64), ("ring", SentPkt * RECOVERY_RING),
+    ]
+
+    @classmethod
+    def seeded(cls, max_datagram_size: int = 1200) -> RecoveryState:
+        """The state user space writes when it enables a connection (RFC 9002 B.3 initial values)."""
+        mds = max_datagram_size
+        return cls(
+            largest_acked=RECOVERY_NONE, largest_sent=RECOVERY_NONE, min_rtt=RECOVERY_NONE, ssthresh=RECOVERY_NONE,
+            cwnd=min(10 * mds, max(14720, 2 * mds)),
+        )
+
+
+class RecoveryConn(Mirror):
+    """recovery_conns value: the relay CID's connection and the peer's transport parameters."""
+
+    c_name = "recovery_conn"
+    _fields_ = [
+        ("conn_index", u32), ("max_ack_delay_us", u32), ("pass_interval_us", u32), ("max_datagram_size", u16),
+        ("ack_delay_exponent", u8), ("_pad0", u8),
+    ]
+
+
+class SubscriberAddr(Mirror):
+    c_name = "subscriber_addr"
+    _fields_ = [
+        ("last_seen_ns", u64), ("packets", u64), ("ip", u8 * 16), ("port", u16), ("ip_version", u8), ("_pad0", u8 * 5),
+    ]
+
+
+class LossEvent(Mirror):
+    """loss_events record: one forwarded packet declared lost by the packet threshold."""
+
+    c_name = "loss_event"
+    _fields_ = [
+        ("ts_ns", u64), ("pn", u64), ("sent_ns", u64), ("stream_id", u64), ("stream_off", u64), ("conn_index", u32),
+        ("size", u32), ("stream_len", u32), ("owner", u8), ("stream_fin", u8), ("_pad0", u8 * 2),
+    ]
+
+
+class AckOutcome(Mirror):
+    """What one ACK did (kept in the ack_scratch map value while the bpf_loop walks run)."""
+
+    c_name = "ack_outcome"
+    _fields_ = [
+        ("newly_acked", u32), ("lost", u32), ("user_acked", u32), ("loss_records", u32), ("ring_full", u32),
+        ("rtt_sampled", u32), ("r", u32), ("_pad0", u32), ("lost_sent_ns", u64),
+    ]
+
+
+class AckScratch(Mirror):
+    c_name = "ack_scratch"
+    _fields_ = [
+        ("out", AckOutcome), ("largest", u64), ("ack_delay", u64), ("ecn_ce", u64), ("nranges", u32), ("ecn", u8), ("_pad0", u8 * 3),
+        ("lo", u64 * (RECOVERY_MAX_RANGES + 1)), ("hi", u64 * (RECOVERY_MAX_RANGES + 1)),
+    ]
+
+
+class RecoveryStat(IntEnum):
+    """Index of the per-CPU ``recovery_stats`` array of client_ingress (enum recovery_stat)."""
+
+    RS_NOT_OURS = 0
+    RS_MALFORMED = 1
+    RS_TOO_COMPLEX = 2
+    RS_ACK_FRAMES = 3
+    RS_ACKED = 4
+    RS_LOST = 5
+    RS_LOSS_RECORDS = 6
+    RS_RING_FULL = 7
+    RS_PASS_OTHER_FRAMES = 8
+    RS_PASS_USER_ACKED = 9
+    RS_PASS_LOSS = 10
+    RS_PASS_PERIODIC = 11
+    RS_CONSUMED = 12
+    RS_MAX = 13
+
+
+MIRRORS = MIRRORS + (SentPkt, RecoveryState, RecoveryConn, SubscriberAddr, LossEvent, AckOutcome, AckScratch)
+
+
+# ---- nic_crypto.bpf.c: the sim NIC's TC crypto engine (crypto_offload/tc_engine.py) ----------------------------
+NCR_MAX_FLOWS = 4096
+NCR_DIR_RX, NCR_DIR_TX = 0, 1
+
+
+class NcrCounter(IntEnum):
+    """Index of ncr_flow.counters and of the per-CPU ncr_port_stats array (api.Counters field order)."""
+
+    NCR_C_DECRYPTED = 0
+    NCR_C_ENCRYPTED = 1
+    NCR_C_AUTH_FAILURES = 2
+    NCR_C_NO_KEY_DROPS = 3
+    NCR_C_NO_KEY_PASSES = 4
+    NCR_C_KEY_PHASE_SWITCHES = 5
+    NCR_C_ZERO_TAG_FORGERY_DROPS = 6
+    NCR_C_MALFORMED_DROPS = 7
+    NCR_C_LONG_HEADER_PASSES = 8
+    NCR_C_MAX = 9
+
+
+class NcrFlowKey(Mirror):
+    c_name = "ncr_flow_key"
+    _fields_ = [("dir", u8), ("cid_len", u8), ("cid", u8 * QUIC_MAX_CID_LEN), ("_pad0", u8 * 2)]
+
+
+class NcrFlow(Mirror):
+    c_name = "ncr_flow"
+    _fields_ = [
+        ("hp_key", u32 * 8), ("key", (u32 * 8) * 2), ("iv", (u32 * 3) * 2), ("has_key", u8 * 2),
+        ("current_phase", u8), ("drop_on_failure", u8), ("_pad0", u32), ("largest_pn", ctypes.c_int64),
+        ("counters", u64 * NcrCounter.NCR_C_MAX),
+    ]
+
+
+class NcrConfig(Mirror):
+    c_name = "ncr_config"
+    _fields_ = [("peer_ifindex", u32), ("cid_len_mask", u32), ("pass_unkeyed_protected_tx", u8), ("_pad0", u8 * 7)]
+
+
+MIRRORS = MIRRORS + (NcrFlowKey, NcrFlow, NcrConfig)

@@ -184,4 +184,57 @@ struct {
 } selftest_hash SEC(".maps");
 #endif
 
+#ifdef MAPS_RECOVERY
+/* ---- Kernel-resident loss recovery (issue 5; recovery.h, client_ingress.bpf.c) ---- */
+#define RECOVERY_CONNS_MAX 1024   /* downstream connections with kernel recovery (~12.4 KiB each) */
+#define LOSS_EVENTS_BYTES (256 * 1024) /* loss records (56 bytes + 8 header) */
+
+/* conn_index -> sent-packet ring, RTT, bytes in flight, cwnd (struct recovery_state). Written by
+ * recovery_on_sent (egress) and recovery_on_ack (client ingress); seeded by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RECOVERY_CONNS_MAX);
+	__type(key, __u32);
+	__type(value, struct recovery_state);
+} recovery_state SEC(".maps");
+
+/* The relay's CID a subscriber sends to -> its connection and the peer's transport parameters. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DOWNSTREAM_CIDS_MAX);
+	__type(key, struct cid_key);
+	__type(value, struct recovery_conn);
+} recovery_conns SEC(".maps");
+
+/* conn_index -> the subscriber's address as last seen (the controller reads it: migration). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RECOVERY_CONNS_MAX);
+	__type(key, __u32);
+	__type(value, struct subscriber_addr);
+} subscriber_addrs SEC(".maps");
+
+/* Counters indexed by enum recovery_stat. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, RS_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} recovery_stats SEC(".maps");
+
+/* Loss records (struct loss_event) of forwarded packets, for user-space retransmission. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, LOSS_EVENTS_BYTES);
+} loss_events SEC(".maps");
+
+/* The packet's ACK frame, decoded before any state changes (one per CPU). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ack_scratch);
+} ack_scratch SEC(".maps");
+#endif
+
 #endif /* MOQ_BPF_MAPS_H */

@@ -295,4 +295,189 @@ enum egress_stat {
 	EG_MAX,
 };
 
+/* ---- Kernel-resident loss recovery (issue 5; bpf/src/recovery.h, client_ingress.bpf.c) ---- */
+/* Sent packets kept per downstream connection (power of two; slot = pn & (RECOVERY_RING - 1)). */
+#define RECOVERY_RING 256
+/* Decoded ACK ranges one ACK frame may carry (first range + Additional ACK Ranges). */
+#define RECOVERY_MAX_RANGES 32
+#define SENT_OWNER_FORWARDED 1             /* a kernel copy: the kernel owns its recovery */
+#define SENT_OWNER_USER 2                  /* a user-space packet the egress program renumbered */
+#define SENT_EMPTY 0                       /* sent_pkt.state */
+#define SENT_IN_FLIGHT 1
+#define SENT_ACKED 2
+#define SENT_LOST 3
+#define SENT_NEWLY_ACKED 4                 /* transient inside one ACK's processing */
+
+/* One sent packet (RFC 9002 appendix A.1.1), in the ring of struct recovery_state. */
+struct sent_pkt {
+	__u64 pn;                          /* full packet number */
+	__u64 sent_ns;                     /* bpf_ktime_get_ns() when sent */
+	__u64 stream_id;                   /* forwarded stream data: subscriber-side stream */
+	__u64 stream_off;                  /* ... offset of the data */
+	__u32 size;                        /* bytes counted in flight */
+	__u32 stream_len;                  /* ... length of the data (0: no stream data) */
+	__u8 owner;                        /* SENT_OWNER_* */
+	__u8 state;                        /* SENT_* */
+	__u8 stream_fin;
+	__u8 _pad0[5];
+};
+
+/* Value of recovery_state (index: downstream_conn.conn_index): RFC 9002 state of one downstream
+ * connection. Seeded by user space when it enables the connection (cwnd, ssthresh = ~0,
+ * largest_acked = ~0, min_rtt = ~0), then kernel-owned. Times in ns. */
+struct recovery_state {
+	__u64 largest_acked;               /* RFC 9002 A.3 largest_acked_packet; ~0 = none */
+	__u64 largest_sent;                /* highest PN recovery_on_sent saw; ~0 = none */
+	__u64 bytes_in_flight;             /* RFC 9002 B.2 */
+	__u64 cwnd;                        /* congestion_window, read by the egress drop policy */
+	__u64 ssthresh;
+	__u64 recovery_start_ns;           /* congestion_recovery_start_time; 0 = never */
+	__u64 latest_rtt;                  /* RFC 9002 section 5 */
+	__u64 min_rtt;                     /* ~0 = no sample yet */
+	__u64 smoothed_rtt;
+	__u64 rttvar;
+	__u64 ecn_ce;                      /* largest ECN-CE count seen (RFC 9002 B.7) */
+	__u64 last_pass_ns;                /* last packet of this connection handed to user space */
+	__u64 acked_packets;               /* totals for the aggregate records (issue 5 part 4) */
+	__u64 acked_bytes;
+	__u64 lost_packets;
+	__u64 lost_bytes;
+	__u64 evicted;                     /* in-flight packets overwritten in the ring (no verdict) */
+	__u64 sent_packets;
+	__u64 sent_bytes;
+	__u64 congestion_events;
+	struct sent_pkt ring[RECOVERY_RING];
+};
+
+/* Value of recovery_conns (key: the relay's CID the subscriber sends to, struct cid_key). */
+struct recovery_conn {
+	__u32 conn_index;                  /* recovery_state / downstream_state index */
+	__u32 max_ack_delay_us;            /* peer's max_ack_delay (RFC 9000 section 18.2) */
+	__u32 pass_interval_us;            /* pass one packet up at least this often (0: 5000) */
+	__u16 max_datagram_size;           /* RFC 9002 B.2 (0: 1200) */
+	__u8 ack_delay_exponent;           /* peer's ack_delay_exponent (RFC 9000 section 18.2) */
+	__u8 _pad0;
+};
+
+/* Value of subscriber_addrs (index: conn_index): where the subscriber last sent from. */
+struct subscriber_addr {
+	__u64 last_seen_ns;
+	__u64 packets;
+	__u8 ip[16];                       /* IPv4 in the first 4 bytes, network order */
+	__u16 port;                        /* host order */
+	__u8 ip_version;                   /* 0 = never seen */
+	__u8 _pad0[5];
+};
+
+/* Ring-buffer record of client_ingress: one forwarded packet declared lost (RFC 9002 6.1.1). */
+struct loss_event {
+	__u64 ts_ns;
+	__u64 pn;
+	__u64 sent_ns;
+	__u64 stream_id;
+	__u64 stream_off;
+	__u32 conn_index;
+	__u32 size;
+	__u32 stream_len;
+	__u8 owner;
+	__u8 stream_fin;
+	__u8 _pad0[2];
+};
+
+/* Per-CPU scratch of client_ingress: the one ACK frame of a packet, decoded and validated before
+ * any state changes (a malformed frame leaves the state untouched). lo/hi: inclusive PN ranges,
+ * descending. */
+/* What one ACK did (inside struct ack_scratch: the bpf_loop callbacks update it in a map value, which
+ * the verifier does not track, so the walk converges instead of being explored per value). */
+struct ack_outcome {
+	__u32 newly_acked;
+	__u32 lost;
+	__u32 user_acked;                  /* newly acked packets owned by user space */
+	__u32 loss_records;
+	__u32 ring_full;
+	__u32 rtt_sampled;
+	__u32 r;                           /* walk: current ACK range index; > RECOVERY_MAX_RANGES = none */
+	__u32 _pad0;
+	__u64 lost_sent_ns;                /* walk: sent time of the largest lost packet, +1; 0 = none */
+};
+
+struct ack_scratch {
+	struct ack_outcome out;            /* reset per ACK */
+	__u64 largest;
+	__u64 ack_delay;                   /* raw field, before the exponent */
+	__u64 ecn_ce;
+	__u32 nranges;
+	__u8 ecn;                          /* 1: ACK_ECN */
+	__u8 _pad0[3];
+	__u64 lo[RECOVERY_MAX_RANGES + 1];
+	__u64 hi[RECOVERY_MAX_RANGES + 1];
+};
+
+/* Indexes of the per-CPU recovery_stats array of client_ingress. */
+enum recovery_stat {
+	RS_NOT_OURS = 0,                   /* not a 1-RTT packet of an enabled connection: up, untouched */
+	RS_MALFORMED,                      /* malformed frame or ACK: up unchanged, state untouched */
+	RS_TOO_COMPLEX,                    /* more frames/ranges/ACK frames than the walk takes: up */
+	RS_ACK_FRAMES,                     /* ACK frames applied to the kernel state */
+	RS_ACKED,                          /* packets newly acknowledged */
+	RS_LOST,                           /* packets declared lost (packet threshold) */
+	RS_LOSS_RECORDS,                   /* loss_event records written */
+	RS_RING_FULL,                      /* loss record dropped: loss_events full */
+	RS_PASS_OTHER_FRAMES,              /* up: carries a frame besides ACK/PADDING/PING */
+	RS_PASS_USER_ACKED,                /* up: acknowledges a user-space-owned PN */
+	RS_PASS_LOSS,                      /* up: loss detected */
+	RS_PASS_PERIODIC,                  /* up: the connection's pass interval elapsed */
+	RS_CONSUMED,                       /* handled in the kernel: TC_ACT_SHOT */
+	RS_MAX,
+};
+
+/* ---- nic_crypto.bpf.c: the sim NIC's TC crypto engine (crypto_offload/tc_engine.py fills the maps) ---- */
+#define NCR_MAX_FLOWS 4096
+#define NCR_DIR_RX 0                       /* wire -> host: decrypt (crypto_offload.api.Direction.RX) */
+#define NCR_DIR_TX 1                       /* host -> wire: encrypt */
+
+/* ncr_flows key: a direction and the DCID the packets carry (api.FlowKey). */
+struct ncr_flow_key {
+	__u8 dir;
+	__u8 cid_len;
+	__u8 cid[QUIC_MAX_CID_LEN];
+	__u8 _pad0[2];
+};
+
+/* Indexes of ncr_flow.counters and of the per-CPU ncr_port_stats array (api.Counters field order). */
+enum ncr_counter {
+	NCR_C_DECRYPTED = 0,
+	NCR_C_ENCRYPTED,
+	NCR_C_AUTH_FAILURES,
+	NCR_C_NO_KEY_DROPS,
+	NCR_C_NO_KEY_PASSES,
+	NCR_C_KEY_PHASE_SWITCHES,
+	NCR_C_ZERO_TAG_FORGERY_DROPS,
+	NCR_C_MALFORMED_DROPS,
+	NCR_C_LONG_HEADER_PASSES,
+	NCR_C_MAX,
+};
+
+/* ncr_flows value: ChaCha20-Poly1305 keys as the wire bytes (read as little-endian words, RFC 8439 2.3),
+ * one payload key + IV per key-phase bit (RFC 9001 6), the HP key (kept across key updates). */
+struct ncr_flow {
+	__u32 hp_key[8];
+	__u32 key[2][8];
+	__u32 iv[2][3];
+	__u8 has_key[2];
+	__u8 current_phase;
+	__u8 drop_on_failure;              /* api.DecryptFailurePolicy.DROP */
+	__u32 _pad0;
+	__s64 largest_pn;                  /* RX: largest verified; TX: largest sent; -1 none */
+	__u64 counters[NCR_C_MAX];
+};
+
+/* ncr_config[NCR_DIR_*]: where the program redirects, which DCID lengths it tries. */
+struct ncr_config {
+	__u32 peer_ifindex;                /* the other veth of the NIC; 0: TC_ACT_OK (test runs) */
+	__u32 cid_len_mask;                /* bit n: some flow of this direction has an n-byte DCID */
+	__u8 pass_unkeyed_protected_tx;
+	__u8 _pad0[7];
+};
+
 #endif /* MOQ_BPF_STRUCTS_H */

@@ -14,7 +14,7 @@ from bpf.loader import map_types_from_btf
 from bpf.structs import MIRRORS, CidKey, FastTrack, IngressStat, Mirror, ParseResult, TrackKey
 from tests.support import REPO, have_tool, require
 
-OBJECTS = ("server_ingress", "floor", "selftest", "client_egress")
+OBJECTS = ("server_ingress", "floor", "selftest", "client_egress", "client_ingress", "nic_crypto")
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +79,26 @@ def test_cid_key_of() -> None:
 def test_rejects_non_btf(tmp_path: Path) -> None:
     with pytest.raises(BtfError):
         Btf(b"\x00" * 32)
+
+
+# ---- Kernel-resident loss recovery (issue 5) ----
+def test_recovery_stat_enum_matches_btf(btfs: dict[str, Btf]) -> None:
+    from bpf.structs import RecoveryStat
+
+    assert btfs["client_ingress"].enum("recovery_stat") == {s.name: s.value for s in RecoveryStat}
+
+
+def test_recovery_map_types_come_from_btf(btfs: dict[str, Btf]) -> None:
+    from bpf.structs import RecoveryConn, RecoveryState
+
+    types = map_types_from_btf(btfs["client_ingress"])
+    assert types["recovery_state"] == (ctypes.c_uint32, RecoveryState)
+    assert types["recovery_conns"] == (CidKey, RecoveryConn)
+
+
+def test_recovery_state_seeded() -> None:
+    from bpf.structs import RECOVERY_NONE, RecoveryState
+
+    s = RecoveryState.seeded(1200)
+    assert (s.cwnd, s.ssthresh, s.largest_acked, s.min_rtt) == (12000, RECOVERY_NONE, RECOVERY_NONE, RECOVERY_NONE)
+    assert RecoveryState.seeded(1500).cwnd == 14720
