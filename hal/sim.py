@@ -31,8 +31,10 @@ DEFAULT_PORT = 4443
 class SimHal:
     name = "sim"
 
-    def __init__(self, prefix: str, publishers: int, subscribers: int, port_name: str = "port0") -> None:
+    def __init__(self, prefix: str, publishers: int, subscribers: int, port_name: str = "port0",
+                 nic_engine: str = "user") -> None:
         self.prefix = prefix
+        self.nic_engine = nic_engine  # "user": crypto_offload.nic_io; "tc": crypto_offload.tc_engine (kernel only)
         self.publishers = publishers
         self.subscribers = subscribers
         self.port_name = port_name
@@ -46,7 +48,13 @@ class SimHal:
         caps = self.installer.capabilities() if self.installer else None
         suites = tuple(CipherSuite(s).name for s in sorted(caps.suites)) if caps else ()
         return HalCapabilities(crypto_offload=True, cipher_suites=suites, max_flows=caps.max_flows if caps else 0,
-                               tc_hooks=True, notes=("simulated NIC: user-space crypto engine in a namespace",))
+                               tc_hooks=True, notes=(self._engine_note(),))
+
+    def _engine_note(self) -> str:
+        if self.nic_engine == "tc":
+            return ("simulated NIC: TC crypto engine (kernel only, ChaCha20-Poly1305 only: TLS offers "
+                    "TLS_CHACHA20_POLY1305_SHA256 alone)")
+        return "simulated NIC: user-space crypto engine in a namespace"
 
     def start(self) -> None:
         if os.geteuid() != 0:
@@ -77,10 +85,12 @@ class SimHal:
         self.topology.set_nic_mode("engine", self.port_name)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.control_path)
-        self.engine = self.topology.exec("nic", [sys.executable, "-m", "crypto_offload.nic_io",
-                                                 "--host-if", port.host_if, "--wire-if", port.wire_if,
-                                                 "--control", self.control_path],
-                                         stdout=subprocess.PIPE, text=True)
+        argv = [sys.executable, "-m", "crypto_offload.nic_io", "--host-if", port.host_if, "--wire-if",
+                port.wire_if, "--control", self.control_path]
+        if self.nic_engine == "tc":
+            argv[2] = "crypto_offload.tc_engine"
+            argv += ["--pin-prefix", f"{self.prefix}-nic-crypto"]
+        self.engine = self.topology.exec("nic", argv, stdout=subprocess.PIPE, text=True)
         assert self.engine.stdout is not None
         deadline = time.monotonic() + ENGINE_READY_TIMEOUT
         while time.monotonic() < deadline:
@@ -171,6 +181,11 @@ class SimFactory:
                        help="publisher nodes when the network has to be brought up (default 1)")
         g.add_argument("--sim-subscribers", type=int, default=2, metavar="N",
                        help="subscriber nodes when the network has to be brought up (default 2)")
+        g.add_argument("--nic-engine", choices=("user", "tc"), default=os.environ.get("RELAY_NIC_ENGINE", "user"),
+                       help="the NIC's crypto engine: user (user-space process, all suites) or tc (TC programs, "
+                            "kernel only, ChaCha20-Poly1305 only; docs/tc-crypto-engine.md); default from $RELAY_NIC_ENGINE "
+                            "(how `relay demo --nic-engine` reaches the relays it starts), else user")
 
     def create(self, args: argparse.Namespace) -> Hal:
-        return SimHal(args.prefix, args.sim_publishers, args.sim_subscribers)
+        return SimHal(args.prefix, args.sim_publishers, args.sim_subscribers,
+                      nic_engine=getattr(args, "nic_engine", "user"))
