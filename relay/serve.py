@@ -411,12 +411,15 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal, fast:
         )
         relay.upstream = link
         link.start()
-    observers = await stats.start(args, relay, hal)  # control socket + --metrics (relay/stats.py)
+    notes: list[str] = []
+    observers = await stats.start(args, relay, hal, say=notes.append)  # control socket, --metrics (relay/stats.py)
     if not getattr(args, "keep_privileges", False):
         _drop_privileges(hal, fast)
     shown = f"[{host}]" if ":" in host else host
-    print(f"listening on moqt://{shown}:{server.port}", flush=True)
+    print(f"listening on moqt://{shown}:{server.port}", flush=True)  # these two lines first: the readiness contract
     print(f"ca: {ca}", flush=True)
+    for line in notes:
+        print(line, flush=True)
     if fast is not None:
         print(f"fast path: on ({fast.ifname}: server_ingress + client_egress, recovery {args.recovery})", flush=True)
     else:

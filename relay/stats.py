@@ -142,8 +142,11 @@ def add_arguments(group: Any) -> None:
     )  # fmt: skip
 
 
-async def start(args: Any, relay: Relay, hal: Any = None) -> list[asyncio.Server]:
-    """Start the control socket (always; a failure only warns) and --metrics; print where they are."""
+async def start(args: Any, relay: Relay, hal: Any = None,
+                say: Callable[[str], None] | None = None) -> list[asyncio.Server]:
+    """Start the control socket (always; a failure only warns) and --metrics; say where they are (`say` lets the
+    caller print these lines after its own readiness lines)."""
+    say = say or (lambda line: print(line, flush=True))
     from relay import metrics  # noqa: PLC0415 - metrics imports nothing of ours, kept lazy for import cost
 
     providers: dict[str, StatsProvider] = {}
@@ -166,15 +169,15 @@ async def start(args: Any, relay: Relay, hal: Any = None) -> list[asyncio.Server
     for path in candidates:
         try:
             servers.append(await serve_socket(path, make))
-            print(f"stats socket: {path}", flush=True)
+            say(f"stats socket: {path}")
             break
         except OSError as exc:
-            print(f"relay: no stats socket at {path}: {exc}", flush=True)
+            say(f"relay: no stats socket at {path}: {exc}")
     if getattr(args, "metrics", None):
         host, port = metrics.parse_hostport(args.metrics)
         server = await metrics.serve_metrics(host, port, make)
         bound = server.sockets[0].getsockname()
-        print(f"metrics: http://{host}:{bound[1]}/metrics", flush=True)
+        say(f"metrics: http://{host}:{bound[1]}/metrics")
         servers.append(server)
     return servers
 

@@ -101,22 +101,20 @@ class KernelStreams:
 
     def unmap(self, slot: int, up_id: int) -> None:
         """One subscription's copy of one stream stops (the subscriber sent STOP_SENDING)."""
+        self._unmap_where(slot, up_id)
+
+    def unmap_slot(self, slot: int) -> None:
+        """A subscription left the fast path: none of its streams is copied any more."""
+        self._unmap_where(slot, None)
+
+    def _unmap_where(self, slot: int, up_id: int | None) -> None:
         for key, ks in list(self._by_up.items()):
-            if key[1] != up_id:
+            if up_id is not None and key[1] != up_id:
                 continue
             for k in [k for k in ks if k.slot == slot]:
                 self._unmap(k)
                 ks.remove(k)
-            if not ks:
-                del self._by_up[key]
-                self.controller.remove_stream(*key)
-
-    def unmap_slot(self, slot: int) -> None:
-        for key, ks in list(self._by_up.items()):
-            for k in [k for k in ks if k.slot == slot]:
-                self._unmap(k)
-                ks.remove(k)
-            if not ks:
+            if not ks:  # the last copy of that upstream stream: its packets are no longer candidates
                 del self._by_up[key]
                 self.controller.remove_stream(*key)
 
