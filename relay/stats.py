@@ -97,6 +97,17 @@ def default_socket_path(name: str | None = None) -> Path:
     return RUN_DIR / f"{name or os.getpid()}.sock"
 
 
+def sweep_stale_sockets(run_dir: Path = RUN_DIR) -> list[Path]:
+    """Remove the sockets of relays that no longer run (killed with SIGKILL: no chance to remove their own)."""
+    removed = []
+    for path in run_dir.glob("*.sock") if run_dir.is_dir() else []:
+        if path.stem.isdigit() and not Path(f"/proc/{path.stem}").exists():
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
 async def serve_socket(path: Path, make: Callable[[], dict[str, Any]]) -> asyncio.Server:
     """Serve `make()` as JSON to each connection on a 0600 unix socket at `path` (a stale file is replaced)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,6 +168,7 @@ async def start(args: Any, relay: Relay, hal: Any = None,
     def make() -> dict[str, Any]:
         return snapshot(relay, {**providers, **getattr(relay, "stats_providers", {})})
 
+    sweep_stale_sockets()
     servers = []
     candidates = (
         [Path(args.stats_socket)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -53,3 +54,13 @@ def test_html_is_self_contained_with_four_png_plots(tmp_path: Path) -> None:
 def test_missing_series_leave_plots_out_not_errors(tmp_path: Path) -> None:
     rep = {"published": {"objects": 10}, "subscribers": [{"objects": 10, "missing": 0}]}
     assert set(R.plots(rep)) == {"Drops by priority", "Kernel / user share"}
+
+
+def test_stale_stats_sockets_of_dead_relays_are_swept(tmp_path: Path) -> None:
+    from relay.stats import sweep_stale_sockets
+
+    dead, alive, named = tmp_path / "999999999.sock", tmp_path / f"{os.getpid()}.sock", tmp_path / "lab.sock"
+    for p in (dead, alive, named):
+        p.write_text("")
+    assert sweep_stale_sockets(tmp_path) == [dead]
+    assert alive.exists() and named.exists()
