@@ -151,10 +151,12 @@ def test_upstream_gone_ends_subscriptions_and_edge_keeps_running(tmp_path: Path)
 
 
 @contextlib.contextmanager
-def relay_on(state_dir: Path, port: int) -> Iterator[RelayProcess]:
-    """A relay on a given loopback port (running_relay picks a free one): an upstream restarted where it was."""
+def relay_on(state_dir: Path, port: int, extra: tuple[str, ...] = ()) -> Iterator[RelayProcess]:
+    """A relay on a given loopback port (running_relay picks a free one): an upstream restarted where it was, or
+    relays whose ports must be known before any starts (a cycle)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "relay.cli", "--hal", "none", "--listen", f"127.0.0.1:{port}",
-           "--state-dir", str(state_dir)]  # fmt: skip
+           "--state-dir", str(state_dir), *extra]  # fmt: skip
     proc = subprocess.Popen(
         cmd, cwd=state_dir, env=relay_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )

@@ -14,19 +14,17 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from tests.integration.relay_process import (
     RELAY_MISSING,
-    LineReader,
     RelayProcess,
     free_udp_port,
     have_relay,
     relay_env,
     running_relay,
 )
-from tests.integration.test_cascade import NAMESPACE, downstream_of, wait_log
+from tests.integration.test_cascade import NAMESPACE, downstream_of, relay_on, wait_log
 from tests.integration.test_pubsub import finish, reports, stop, tool, wait_line
 from tests.support import REPO, require
 
@@ -74,23 +72,9 @@ def test_three_relays_several_subscribers_each_one_subscription_per_hop(tmp_path
         assert counts(c, "upstream") == [1] and counts(c, "downstream relay") == [], c.log()[-2000:]
 
 
-@contextlib.contextmanager
-def relay_at(state_dir: Path, port: int, upstream_port: int) -> Iterator[RelayProcess]:
+def relay_at(state_dir: Path, port: int, upstream_port: int) -> contextlib.AbstractContextManager[RelayProcess]:
     """A relay on a fixed port whose upstream is a fixed port (the cycle needs both ports before either starts)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "relay.cli", "--hal", "none", "--listen", f"127.0.0.1:{port}", "--state-dir",
-           str(state_dir), "--upstream", f"moqt://127.0.0.1:{upstream_port}", "--insecure-upstream", "-v"]
-    proc = subprocess.Popen(cmd, cwd=state_dir, env=relay_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
-    assert proc.stdout is not None
-    reader = LineReader(proc.stdout)
-    try:
-        assert reader.wait_for("listening on moqt://", 15) is not None, reader.text()
-        ca_line = reader.wait_for("ca: ", 15)
-        assert ca_line is not None, reader.text()
-        yield RelayProcess(proc, "127.0.0.1", port, Path(ca_line[4:].strip()), reader)
-    finally:
-        stop(proc)
+    return relay_on(state_dir, port, ("--upstream", f"moqt://127.0.0.1:{upstream_port}", "--insecure-upstream", "-v"))
 
 
 def test_two_relays_in_a_cycle_refuse_with_track_does_not_exist(tmp_path: Path) -> None:
