@@ -350,11 +350,14 @@ class BpfObject:
         pin_dir: PinDir | None = None,
         ifindex: int = 0,
         log_level: int = 0,
+        reuse_maps: Mapping[str, Map] | None = None,
     ) -> BpfObject:
         """Open, configure ``.rodata`` globals by name, load, and (with ``pin_dir``) pin maps and programs.
 
         ``ifindex`` != 0 asks for device offload of every program and map (bpf_program__set_ifindex).
-        ``log_level`` 1 or 2 keeps the verifier log of a successful load in ``.log`` (2 adds its statistics)."""
+        ``log_level`` 1 or 2 keeps the verifier log of a successful load in ``.log`` (2 adds its statistics).
+        ``reuse_maps`` names maps this object shares with another loaded one (bpf_map__reuse_fd): e.g. the state
+        client_egress writes and client_ingress reads."""
         path = Path(path)
         try:
             spec = btfmod.Btf.from_object(path)
@@ -375,6 +378,7 @@ class BpfObject:
                 raise LoadError(f"{path}: open failed: {os.strerror(ctypes.get_errno())}", cap.text)
             try:
                 cls._configure(obj, spec, rodata or {}, ifindex)
+                cls._reuse(obj, reuse_maps or {})
                 ret = so.bpf_object__load(obj)
                 if ret < 0:
                     raise LoadError(f"{path.name}: load failed ({os.strerror(-ret)}): {summarize_log(cap.text)}", cap.text)
@@ -403,6 +407,19 @@ class BpfObject:
             self.close()
             raise
         return self
+
+    @staticmethod
+    def _reuse(obj: int, maps: Mapping[str, Map]) -> None:
+        so = libbpf.lib()
+        wanted = dict(maps)
+        m = so.bpf_object__next_map(obj, None)
+        while m and wanted:
+            other = wanted.pop(so.bpf_map__name(m).decode(), None)
+            if other is not None:
+                libbpf.check(so.bpf_map__reuse_fd(m, other.fd), f"reuse map {other.name}")
+            m = so.bpf_object__next_map(obj, m)
+        if wanted:
+            raise LoadError(f"the object has no map named {', '.join(sorted(wanted))} to share", "")
 
     @staticmethod
     def _configure(obj: int, spec: btfmod.Btf, rodata: Mapping[str, Mirror | bytes], ifindex: int) -> None:

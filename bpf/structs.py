@@ -149,7 +149,8 @@ class DownstreamConn(Mirror):
         ("prio_set", u8),
         ("priority_threshold", u8),
         ("drop_group_rest", u8),
-        ("_pad0", u8 * 2),
+        ("recovery", u8),
+        ("_pad0", u8 * 1),
         ("sport", u16),
         ("dport", u16),
         ("src_ip", u8 * 16),
@@ -351,12 +352,13 @@ class RecoveryState(Mirror):
     ]
 
     @classmethod
-    def seeded(cls, max_datagram_size: int = 1200) -> RecoveryState:
-        """The state user space writes when it enables a connection (RFC 9002 B.3 initial values)."""
+    def seeded(cls, max_datagram_size: int = 1200, next_pn: int = 0) -> RecoveryState:
+        """The state user space writes when it enables a connection (RFC 9002 B.3 initial values). ``next_pn``: the
+        first PN the program assigns; the ones below were aioquic's, so an ACK of them is valid (not "unsent")."""
         mds = max_datagram_size
         return cls(
-            largest_acked=RECOVERY_NONE, largest_sent=RECOVERY_NONE, min_rtt=RECOVERY_NONE, ssthresh=RECOVERY_NONE,
-            cwnd=min(10 * mds, max(14720, 2 * mds)),
+            largest_acked=RECOVERY_NONE, largest_sent=next_pn - 1 if next_pn > 0 else RECOVERY_NONE,
+            min_rtt=RECOVERY_NONE, ssthresh=RECOVERY_NONE, cwnd=min(10 * mds, max(14720, 2 * mds)),
         )
 
 
@@ -384,6 +386,19 @@ class LossEvent(Mirror):
     _fields_ = [
         ("ts_ns", u64), ("pn", u64), ("sent_ns", u64), ("stream_id", u64), ("stream_off", u64), ("conn_index", u32),
         ("size", u32), ("stream_len", u32), ("owner", u8), ("stream_fin", u8), ("_pad0", u8 * 2),
+    ]
+
+
+SWEEP_PTO_DUE = 1 << 16  # recovery_sweep_prog's return value: a probe timeout is due (RFC 9002 6.2.1)
+
+
+class RecoverySweepCmd(Mirror):
+    """What user space passes recovery_sweep_prog (after 14 bytes): one connection's time-threshold/PTO sweep."""
+
+    c_name = "recovery_sweep_cmd"
+    _fields_ = [
+        ("now_ns", u64), ("max_ack_delay_ns", u64), ("conn_index", u32), ("max_datagram_size", u16),
+        ("_pad0", u8 * 2),
     ]
 
 
@@ -421,10 +436,14 @@ class RecoveryStat(IntEnum):
     RS_PASS_LOSS = 10
     RS_PASS_PERIODIC = 11
     RS_CONSUMED = 12
-    RS_MAX = 13
+    RS_SWEEPS = 13
+    RS_TIME_LOST = 14
+    RS_PTO_DUE = 15
+    RS_MAX = 16
 
 
-MIRRORS = MIRRORS + (SentPkt, RecoveryState, RecoveryConn, SubscriberAddr, LossEvent, AckOutcome, AckScratch)
+MIRRORS = MIRRORS + (SentPkt, RecoveryState, RecoveryConn, SubscriberAddr, LossEvent, AckOutcome, AckScratch,
+                      RecoverySweepCmd)
 
 
 # ---- nic_crypto.bpf.c: the sim NIC's TC crypto engine (crypto_offload/tc_engine.py) ----------------------------

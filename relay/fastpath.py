@@ -31,6 +31,7 @@ from bpf.structs import (
     DownstreamConn,
     DownstreamState,
     FastTrack,
+    RecoveryState,
     SlotState,
     SlotStream,
     SlotStreamKey,
@@ -85,12 +86,13 @@ def _alias_len(alias: int) -> int:
 
 
 def _conn_state(
-    addresses: Addresses, dcid: bytes, alias: int, conn_index: int, key_phase: int, drop_group_rest: bool = True
+    addresses: Addresses, dcid: bytes, alias: int, conn_index: int, key_phase: int, drop_group_rest: bool = True,
+    recovery: bool = False,
 ) -> DownstreamConn:
     conn = DownstreamConn(
         largest_acked=NO_LARGEST_ACKED, alias=alias, ip_version=addresses.src.version, dcid_len=len(dcid),
         alias_len=_alias_len(alias), enabled=1, key_phase=key_phase & 1, sport=addresses.sport,
-        dport=addresses.dport, conn_index=conn_index, drop_group_rest=int(drop_group_rest),
+        dport=addresses.dport, conn_index=conn_index, drop_group_rest=int(drop_group_rest), recovery=int(recovery),
     )
     conn.eth_dst[:], conn.eth_src[:] = list(addresses.eth_dst), list(addresses.eth_src)
     conn.dcid[: len(dcid)] = list(dcid)
@@ -127,12 +129,18 @@ class FastPathController:
 
     def enable_connection(
         self, slot: int, addresses: Addresses, dcid: bytes, next_pn: int, conn_index: int, key_phase: int = 0,
+        recovery_mds: int | None = None,
     ) -> None:
         """From now on the program numbers the connection's 1-RTT packets (its counter starts at ``next_pn``) and
-        renumbers the ones user space sends to ``dcid``; ``slot`` becomes the connection slot."""
+        renumbers the ones user space sends to ``dcid``; ``slot`` becomes the connection slot. ``recovery_mds``
+        (kernel recovery, issue 5): seed the connection's RFC 9002 state for that max datagram size first."""
         self._check(slot, dcid)
+        if recovery_mds is not None:
+            self.egress["recovery_state"].update(conn_index, RecoveryState.seeded(recovery_mds, next_pn))
         self.egress["downstream_state"].update(conn_index, DownstreamState(next_pn=next_pn))
-        self.egress["downstream_conns"].update(slot, _conn_state(addresses, dcid, 0, conn_index, key_phase))
+        self.egress["downstream_conns"].update(
+            slot, _conn_state(addresses, dcid, 0, conn_index, key_phase, recovery=recovery_mds is not None)
+        )
         self.egress["downstream_cids"].update(CidKey.of(dcid), DownstreamCid(slot=slot))  # last: renumbering starts
 
     def disable_connection(self, slot: int) -> None:
@@ -173,7 +181,7 @@ class FastPathController:
     def add_subscriber(
         self, slot: int, track_id: int, ifindex: int, addresses: Addresses, dcid: bytes, alias: int,
         next_pn: int, conn_index: int | None = None, key_phase: int = 0, seed_pn: bool = True,
-        drop_group_rest: bool = True,
+        drop_group_rest: bool = True, recovery: bool = False,
     ) -> None:
         """Subscription ``slot`` of a downstream connection to ``track_id``, leaving by device ``ifindex``.
         ``conn_index`` names the connection's PN counter (default: the slot); ``seed_pn=False`` when the program
@@ -189,7 +197,7 @@ class FastPathController:
         if "slot_state" in self.egress:  # the policy's record starts empty for every new subscription
             self.egress["slot_state"].update(slot, SlotState())
         self.egress["downstream_conns"].update(
-            slot, _conn_state(addresses, dcid, alias, index, key_phase, drop_group_rest)
+            slot, _conn_state(addresses, dcid, alias, index, key_phase, drop_group_rest, recovery)
         )
         subs.sub[subs.count] = SubTarget(slot=slot, ifindex=ifindex)
         subs.count += 1
@@ -257,6 +265,10 @@ class FastPathController:
     def slot_state(self, slot: int) -> SlotState | None:
         """What the drop policy did for one subscription (sent, priority drops, group drops)."""
         return self.egress["slot_state"].lookup(slot) if "slot_state" in self.egress else None
+
+    def recovery_state(self, conn_index: int) -> RecoveryState | None:
+        """The kernel's RFC 9002 state of a connection with kernel recovery (a copy; the kernel keeps writing)."""
+        return self.egress["recovery_state"].lookup(conn_index) if "recovery_state" in self.egress else None
 
     def next_pn(self, conn_index: int) -> int:
         """The program's counter: the next packet number it will assign on that connection."""

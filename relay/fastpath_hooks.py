@@ -41,8 +41,11 @@ class DownstreamPath:
     # (relay.registration.enable); both run in one synchronous step
     next_pn: Callable[[], int] = lambda: 0
     enable: Callable[[], object] = lambda: None
+    # kernel recovery (issue 5): the connection's max datagram size, to seed its RFC 9002 state; None: user space
+    recovery_mds: int | None = None
     bind: Callable[[int], None] = lambda slot: None  # the registrar learns slot -> connection
     unbind: Callable[[int], None] = lambda slot: None
+    released: Callable[[], object] = lambda: None  # the connection left the fast path (its session closed)
 
 
 @dataclass
@@ -147,7 +150,7 @@ class KernelFastPathHooks:
             ctl.add_subscriber(
                 slot, ft.track_id, path.ifindex, path.addresses, path.dcid, sub.alias, next_pn=0,
                 conn_index=conn.conn_index, key_phase=path.key_phase, seed_pn=False,
-                drop_group_rest=self.drop_group_rest,
+                drop_group_rest=self.drop_group_rest, recovery=path.recovery_mds is not None,
             )  # fmt: skip
         except (FastPathFull, OSError, ValueError) as exc:
             # keep this subscription on the slow path; undo whatever part reached the maps
@@ -202,6 +205,7 @@ class KernelFastPathHooks:
         if conn is not None:
             self.controller.disable_connection(conn.conn_slot)
             conn.path.unbind(conn.conn_slot)
+            conn.path.released()
             self._free_slots.append(conn.conn_slot)
             self._free_indexes.append(conn.conn_index)
 
@@ -219,7 +223,8 @@ class KernelFastPathHooks:
         conn = _Conn(conn_index=self._free_indexes.pop(), conn_slot=self._free_slots.pop(), path=path)
         try:
             self.controller.enable_connection(
-                conn.conn_slot, path.addresses, path.dcid, path.next_pn(), conn.conn_index, path.key_phase
+                conn.conn_slot, path.addresses, path.dcid, path.next_pn(), conn.conn_index, path.key_phase,
+                recovery_mds=path.recovery_mds,
             )
         except (OSError, ValueError) as exc:
             log.info("fast path refused a connection: %s", exc)
@@ -228,9 +233,9 @@ class KernelFastPathHooks:
             self._free_slots.append(conn.conn_slot)
             self._free_indexes.append(conn.conn_index)
             return None
+        self._conns[session] = conn  # first: enable() may ask for the connection's index
         path.enable()  # same synchronous step: no packet leaves between seeding and the hand-over
         path.bind(conn.conn_slot)
-        self._conns[session] = conn
         return conn
 
     def _remove_slot(self, sub: Downstream) -> None:

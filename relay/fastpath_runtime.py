@@ -5,8 +5,11 @@
 - `bpf/src/server_ingress.bpf.c` and `client_egress.bpf.c`, attached here to the HAL port's TC ingress and egress;
 - `relay.fastpath.FastPathController` (map verbs) and `relay.fastpath_hooks.KernelFastPathHooks` (which subscription
   gets which slot), driven by the user-space relay's subscription events;
-- `relay.registration.Registrar` (`--recovery user`): every packet the program numbered enters aioquic's sent
-  history, drained when the ring buffer is readable and before every received datagram (invariant 2).
+- `relay.registration.Registrar`: every packet the program numbered enters aioquic's sent history (with
+  `--recovery kernel` only renumbered user-space packets and stream copies: forwarded datagram copies stay in the
+  kernel), drained when the ring buffer is readable and before every received datagram (invariant 2);
+- `relay.kernel_recovery.KernelRecovery` (`--recovery kernel`, issue 5): client_ingress applies subscribers' ACKs
+  in the kernel; a sweep every `DropPolicy.interval` runs its timers and feeds the drop policy.
 
 This module answers the transport questions the hooks ask (addresses, CIDs, key phase) from aioquic and the
 kernel's routing tables, and keeps the maps in step with CID changes and key updates through the NIC offload
@@ -49,6 +52,12 @@ from relay.drop_policy import DropPolicy
 from relay.fastpath import Addresses, FastPathController
 from relay.fastpath_hooks import DownstreamPath, KernelFastPathHooks
 from relay.ingress_classifier import CompositeHooks, IngressClassifier
+from relay.kernel_recovery import (
+    DEFAULT_PASS_INTERVAL_MS,
+    SERVER_INGRESS_PRIO,
+    KernelRecovery,
+    RecoveryUnavailable,
+)
 from relay.moqt.session import MoqtSession
 from relay.quic import ConnectionHooks, MoqtConnection
 from relay.registration import Registrar, enable
@@ -90,6 +99,7 @@ class KernelFastPath:
     first_pn: int = 0  # test knob: start every enabled connection's numbering at least here
     policy: DropPolicy = field(default_factory=DropPolicy)
     classifier: IngressClassifier | None = None  # XDP: drops objects of tracks nobody subscribed to
+    recovery: KernelRecovery | None = None  # `--recovery kernel`; None: every copy is registered in aioquic
     controller: FastPathController = field(init=False)
     streams: KernelStreams = field(init=False)
     hooks: KernelFastPathHooks = field(init=False)
@@ -125,9 +135,14 @@ class KernelFastPath:
 
     @classmethod
     def start(cls, ifname: str, port: int, pin_prefix: str | None = None, first_pn: int = 0,
-              policy: DropPolicy | None = None, classifier: bool = True) -> KernelFastPath:
+              policy: DropPolicy | None = None, classifier: bool = True, recovery: str = "user",
+              pass_interval_ms: float = DEFAULT_PASS_INTERVAL_MS) -> KernelFastPath:
         """Load both programs (configured for the relay's UDP port), attach them to ``ifname`` in the current
-        network namespace, and pin their maps under /sys/fs/bpf/<pin_prefix> (for `relay stats`)."""
+        network namespace, and pin their maps under /sys/fs/bpf/<pin_prefix> (for `relay stats`).
+        ``recovery``: "user" (per-packet registration), "kernel" (client_ingress too; failing is an error) or
+        "auto" (kernel where it loads, else user with a warning)."""
+        if recovery not in ("user", "kernel", "auto"):
+            raise ValueError(f"recovery {recovery!r}: user, kernel or auto")
         ingress_o, egress_o = build_path("server_ingress"), build_path("client_egress")
         for path in (ingress_o, egress_o):
             if not path.exists():
@@ -147,21 +162,25 @@ class KernelFastPath:
         try:
             objs.append(BpfObject.load(ingress_o, rodata={"cfg": icfg}, pin_dir=pins))
             objs.append(BpfObject.load(egress_o, rodata={"egress_cfg": ecfg}, pin_dir=pins))
-            for obj, prog, direction in ((objs[0], "server_ingress", Direction.INGRESS),
-                                         (objs[1], "client_egress", Direction.EGRESS)):
-                f = TcFilter(obj.programs[prog].fd, ifindex, direction, name=prog)
+            for obj, prog, direction, prio in ((objs[0], "server_ingress", Direction.INGRESS, SERVER_INGRESS_PRIO),
+                                               (objs[1], "client_egress", Direction.EGRESS, 1)):
+                f = TcFilter(obj.programs[prog].fd, ifindex, direction, name=prog, prio=prio)
                 filters.append(f.attach())
         except BaseException as exc:
-            for f in filters:
-                with contextlib.suppress(Exception):
-                    f.detach()
-            for o in objs:
-                o.close()
-            pins.remove()
+            _undo(filters, objs, pins)
             if isinstance(exc, (LoadError, OSError)):
                 raise FastPathUnavailable(f"loading or attaching the fast-path programs on {ifname} failed: {exc}") \
                     from exc
             raise
+        rec = None
+        if recovery != "user":
+            try:
+                rec = KernelRecovery.start(objs[1], ifindex, port, HOST_CID_LEN, pins, pass_interval_ms)
+            except RecoveryUnavailable as exc:
+                if recovery == "kernel":
+                    _undo(filters, objs, pins)
+                    raise FastPathUnavailable(f"--recovery kernel: {exc}") from exc
+                log.warning("kernel recovery unavailable (%s): every forwarded copy is registered in aioquic", exc)
         clf = None
         if classifier:
             try:
@@ -170,14 +189,14 @@ class KernelFastPath:
                 log.warning("ingress classifier not attached (%s): objects of unsubscribed tracks reach user space",
                             exc)
         return cls(ifname, ifindex, port, objs[0], objs[1], filters, first_pn=first_pn, policy=policy or DropPolicy(),
-                   classifier=clf)
+                   classifier=clf, recovery=rec)
 
     def run(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start draining the registration ring from this event loop."""
         self._loop = loop
         self._ring = self.egress.ring_buffer("reg_events", self.registrar.on_record, RegEvent)
         loop.add_reader(self._ring.epoll_fd, self.drain)
-        if self.policy.drop_above is not None:
+        if self.policy.drop_above is not None or self.recovery is not None:
             task = loop.create_task(self._police_forever())
             self._tasks.add(task)
 
@@ -193,6 +212,9 @@ class KernelFastPath:
         if self.classifier is not None:
             self.classifier.stop()
             self.classifier = None
+        if self.recovery is not None:
+            self.recovery.stop()
+            self.recovery = None
         pin_dir = self.ingress.pin_dir or self.egress.pin_dir
         self.egress.close()
         self.ingress.close()
@@ -306,11 +328,15 @@ class KernelFastPath:
             enable(quic)
             quic.offload_pn_source = lambda: controller.next_pn(hooks.conn_index(session))
             self.stats.enabled_connections += 1
+            if self.recovery is not None:
+                self.recovery.enable(hooks.conn_index(session), quic, (c.cid for c in quic._host_cids))
 
         send = quic._cryptos[Epoch.ONE_RTT].send
         return DownstreamPath(
             addresses, dcid=peer, ifindex=self.ifindex, key_phase=int(send.key_phase), next_pn=next_pn,
             enable=enable_numbering, bind=lambda slot: registrar.bind(slot, quic), unbind=registrar.unbind,
+            recovery_mds=int(quic._max_datagram_size) if self.recovery is not None else None,
+            released=lambda: self.recovery.disable_quic(quic) if self.recovery is not None else None,
         )  # fmt: skip
 
     async def _resolve(self, conn: MoqtConnection) -> None:
@@ -398,8 +424,8 @@ class KernelFastPath:
 
     def _export_acked(self, conn: MoqtConnection) -> None:
         session = conn.session
-        if not self.hooks.enabled(session):
-            return
+        if self.recovery is not None or not self.hooks.enabled(session):
+            return  # kernel recovery: the egress program reads largest_acked from recovery_state itself
         largest = conn._quic._spaces[Epoch.ONE_RTT].largest_acked_packet
         last = self._exported.get(session)
         if largest < 0 or (last is not None and largest - last < EXPORT_STEP):
@@ -417,6 +443,8 @@ class KernelFastPath:
             return
         if host_cids is not None:
             self._sync_upstream_cids(session, host_cids)
+            if self.recovery is not None and self.hooks.enabled(session):
+                self.recovery.update_cids(self.hooks.conn_index(session), host_cids)
         if peer_cid is not None:
             previous = self._peer_cids.get(session)
             self._peer_cids[session] = peer_cid
@@ -453,18 +481,35 @@ class KernelFastPath:
         while True:
             await asyncio.sleep(self.policy.interval)
             try:
-                self.police()
+                if self.recovery is not None:
+                    for quic in self.recovery.sweep():  # probes queued: send them now
+                        proto = self._protocol_of(quic)
+                        if proto is not None:
+                            proto.transmit()
+                if self.policy.drop_above is not None:
+                    self.police()
             except Exception:  # a policy bug must not stop forwarding
                 log.exception("drop policy sweep failed")
+
+    def _congestion_figures(self, session: MoqtSession, conn: MoqtConnection) -> tuple[int, int] | None:
+        """(bytes in flight, congestion window) of a connection: the kernel's with kernel recovery, else aioquic's
+        (which the registration loop keeps exact for every copy)."""
+        if self.recovery is None:
+            loss = conn._quic._loss
+            return int(loss.bytes_in_flight), int(loss.congestion_window)
+        f = self.recovery.figures(self.hooks.conn_index(session))
+        return None if f is None else (f.bytes_in_flight, f.cwnd)
 
     def police(self) -> None:
         """One sweep: each enabled connection's congestion state becomes its subscriptions' priority threshold."""
         for session, conn in list(self._conns.items()):
             if not self.hooks.enabled(session):
                 continue
-            loss = conn._quic._loss
+            figures = self._congestion_figures(session, conn)
+            if figures is None:
+                continue
             was = self._congested.get(session, False)
-            now = self.policy.congested(int(loss.bytes_in_flight), int(loss.congestion_window), was)
+            now = self.policy.congested(figures[0], figures[1], was)
             slots = self.hooks.slots_of(session)[1:]  # subscription slots (the first is the connection's own)
             fresh = [s for s in slots if (s in self._policing) != now]
             if now == was and not fresh:
@@ -503,6 +548,7 @@ class KernelFastPath:
             "subscriptions": self.subscription_stats(),
             "streams": vars(self.streams.stats).copy(),
             "classifier": self.classifier.counters() if self.classifier is not None else None,
+            "recovery": self.recovery.counters() if self.recovery is not None else None,
         }
 
 
@@ -529,6 +575,16 @@ class OffloadObserver:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+def _undo(filters: list[TcFilter], objs: list[BpfObject], pins: PinDir) -> None:
+    """A start that failed half-way: detach, close and unpin what it made."""
+    for f in filters:
+        with contextlib.suppress(Exception):
+            f.detach()
+    for o in objs:
+        o.close()
+    pins.remove()
 
 
 async def _all(call: Any) -> list[Any]:

@@ -145,6 +145,7 @@ class Model:
         out = Outcome()
         if not self.valid(ack):
             return out
+        app_limited = self.bytes_in_flight + self.mds <= self.cwnd  # RFC 9002 7.8: the window was not full
         self.largest_acked = ack.largest if self.largest_acked is None else max(self.largest_acked, ack.largest)
         newly = [p for p in self._window() if p.state == "in_flight" and ack.covers(p.pn)]
         if not newly:
@@ -176,7 +177,7 @@ class Model:
             self.bytes_in_flight -= min(p.size, self.bytes_in_flight)
             self.acked_packets += 1
             self.acked_bytes += p.size
-            if self._in_recovery(p.sent_ns):
+            if self._in_recovery(p.sent_ns) or app_limited:
                 continue
             if self.cwnd < self.ssthresh:
                 self.cwnd += p.size

@@ -34,6 +34,7 @@ from relay.cache import ObjectCache
 from relay.config import ConfigError, RelayConfig, load_config
 from relay.drop_policy import PRIORITY_P_FRAMES, DropPolicy
 from relay.fastpath_runtime import FastPathUnavailable, KernelFastPath, OffloadObserver
+from relay.kernel_recovery import DEFAULT_PASS_INTERVAL_MS
 from relay.quic import ConnectionHooks, MoqtConnection, make_configuration, parse_url, serve_moqt
 from relay.relay import Relay
 from relay.tls import ensure_certificates
@@ -111,9 +112,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "copy from user space, to compare both paths on the same set-up",
     )  # fmt: skip
     g.add_argument(
-        "--recovery", choices=("user",), default="user",
-        help="who tracks forwarded packets for ACKs and congestion control: user = every kernel-sent packet is "
-        "registered in aioquic's recovery (per-packet records, the thesis design)",
+        "--recovery", choices=("user", "kernel"), default=None,
+        help="who tracks forwarded packets for ACKs and congestion control (docs/kernel-recovery.md): kernel = "
+        "client_ingress applies the subscribers' ACKs in TC and only aggregates reach user space (default where it "
+        "loads); user = every kernel-sent packet is registered in aioquic's recovery (per-packet records, the "
+        "thesis design)",
+    )  # fmt: skip
+    g.add_argument(
+        "--recovery-pass-ms", metavar="MS", type=float, default=DEFAULT_PASS_INTERVAL_MS,
+        help="with --recovery kernel: at least one subscriber packet per connection reaches aioquic this often "
+        "(keeps its idle timer and view of acknowledgements fresh), even when the kernel could consume it; "
+        "default %(default)s",
     )  # fmt: skip
     g.add_argument(
         "--drop-above", metavar="PRIORITY", default=str(PRIORITY_P_FRAMES),
@@ -302,7 +311,8 @@ def _start_fast_path(
         port = _free_udp_port(host)
     try:
         fast = KernelFastPath.start(hal.ports()[0].ifname, port, first_pn=max(0, args.fast_path_first_pn),
-                                    policy=policy)
+                                    policy=policy, recovery=args.recovery or "auto",
+                                    pass_interval_ms=args.recovery_pass_ms)
     except FastPathUnavailable as exc:
         if args.fast_path == "on":
             return None, port, str(exc)
@@ -421,7 +431,8 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal, fast:
     for line in notes:
         print(line, flush=True)
     if fast is not None:
-        print(f"fast path: on ({fast.ifname}: server_ingress + client_egress, recovery {args.recovery})", flush=True)
+        progs = "client_ingress + server_ingress + client_egress" if fast.recovery else "server_ingress + client_egress"
+        print(f"fast path: on ({fast.ifname}: {progs}, recovery {'kernel' if fast.recovery else 'user'})", flush=True)
     else:
         print("fast path: off (every copy is sent from user space)", flush=True)
     if getattr(args, "insecure_lab_plaintext", False):

@@ -15,9 +15,11 @@
 #include <bpf/bpf_endian.h>
 
 #define MAPS_CLIENT_EGRESS
+#define MAPS_RECOVERY_STATE
 #include "maps.h"
 #include "parsing.h"
 #include "structs.h"
+#include "recovery.h"
 
 /* Frames before the DATAGRAM frame (PADDING, PING, ACK) are overwritten with PADDING in a copy:
  * the ACKs acknowledge the upstream connection's packets, not the subscriber's (RFC 9000 19.3). */
@@ -224,9 +226,10 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct parse_res
 	__u8 first, udph[12];
 	__u16 be16;
 	__u32 be32;
+	struct recovery_state *rs = NULL;
 	struct reg_event *ev;
 	int delta, have_window = 0;
-	__u64 pn;
+	__u64 pn, now;
 	__s64 diff;
 
 	if (conn->ip_version != r->ip_version)
@@ -234,8 +237,14 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct parse_res
 	dcid_len = conn->dcid_len;
 	if (dcid_len > QUIC_MAX_CID_LEN)
 		return drop(EG_UNSUPPORTED, ds);
+	/* Kernel recovery (issue 5): the connection's RFC 9002 state, seeded by user space first. */
+	if (conn->recovery) {
+		rs = bpf_map_lookup_elem(&recovery_state, &conn->conn_index);
+		if (!rs)
+			return drop(EG_NO_SUBSCRIBER, ds);
+	}
 	pn = __sync_fetch_and_add(&ds->next_pn, 1);
-	pn_len = pn_encode_len(pn, conn->largest_acked, r->pn_len);
+	pn_len = pn_encode_len(pn, rs ? rs->largest_acked : conn->largest_acked, r->pn_len);
 	if (pn_len < 1 || pn_len > 4)
 		return drop(EG_PN_UNENCODABLE, ds);
 	old_hdr = 9 + r->dcid_len + r->pn_len;   /* UDP header + first byte + DCID + PN */
@@ -337,10 +346,21 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct parse_res
 		return drop(EG_ADJUST_FAILED, ds);
 	}
 
+	now = bpf_ktime_get_ns();
+	if (rs) {
+		/* RFC 9002 A.5 OnPacketSent. A forwarded datagram copy is the kernel's alone (no record:
+		 * aioquic never hears of it); a stream copy stays aioquic's too (registered below, it
+		 * retransmits lost stream data), so its ACKs must reach user space: owner "user". */
+		recovery_on_sent(rs, pn, skb->len, now, kind == REG_KIND_CLONE ? SENT_OWNER_FORWARDED : SENT_OWNER_USER,
+				 stream ? stream->down_stream_id : 0, stream ? r->stream_off : 0,
+				 stream ? r->stream_len : 0, stream ? r->stream_fin : 0);
+		if (kind == REG_KIND_CLONE)
+			goto sent;
+	}
 	ev = bpf_ringbuf_reserve(&reg_events, sizeof(*ev), 0);
 	if (!ev)
 		return drop(EG_RING_FULL, ds);
-	ev->ts_ns = bpf_ktime_get_ns();
+	ev->ts_ns = now;
 	ev->pn = pn;
 	ev->orig_pn = r->pn_trunc;
 	ev->slot = slot;
@@ -354,6 +374,7 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct parse_res
 	ev->stream_fin = stream ? r->stream_fin : 0;
 	__builtin_memset(ev->_pad1, 0, sizeof(ev->_pad1));
 	bpf_ringbuf_submit(ev, 0);
+sent:
 	__sync_fetch_and_add(&ds->tx_packets, 1);
 	__sync_fetch_and_add(&ds->tx_bytes, skb->len);
 	count(stream ? EG_STREAM_SENT : clone ? EG_CLONE_SENT : EG_USER_RENUMBERED);

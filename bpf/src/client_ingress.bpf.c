@@ -2,9 +2,13 @@
 /*
  * TC ingress, client side (issue 5): 1-RTT packets from subscribers of connections with kernel
  * recovery. Learns the subscriber's address, applies its ACK frames to the connection's
- * recovery_state (recovery.h) and decides whether the packet still goes up (TC_ACT_OK) or was
+ * recovery_state (recovery.h) and decides whether the packet still goes up (CI_PASS) or was
  * fully handled here (TC_ACT_SHOT). Anything that is not a well-formed 1-RTT packet of such a
  * connection goes up unchanged with the state untouched (invariant 5).
+ *
+ * It runs first on the relay port's TC ingress, before server_ingress (the relay attaches it with a
+ * lower prio number): CI_PASS is TC_ACT_UNSPEC, "not claimed", so tc runs the next filter, and the
+ * default verdict of the hook (the stack) applies after the last one.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -15,6 +19,8 @@
 #include "parsing.h"
 #include "structs.h"
 #include "recovery.h"
+
+#define CI_PASS TC_ACT_UNSPEC
 
 /* The relay's client-side UDP ports and the length of the CIDs the relay issues on each. */
 const volatile struct ingress_config cfg = {};
@@ -269,7 +275,7 @@ int client_ingress(struct __sk_buff *skb)
 	s = parse_payload(&c, a, st->largest_sent, &w);
 	if (s) {
 		rs_count(s, 1);   /* up unchanged, state untouched */
-		return TC_ACT_OK;
+		return CI_PASS;
 	}
 	if (w.acks) {
 		recovery_on_ack(st, a, now, rc, &loss_events);
@@ -285,11 +291,40 @@ int client_ingress(struct __sk_buff *skb)
 	if (reason == RS_CONSUMED)
 		return TC_ACT_SHOT;
 	st->last_pass_ns = now;
-	return TC_ACT_OK;
+	return CI_PASS;
 
 not_ours:
 	rs_count(RS_NOT_OURS, 1);
-	return TC_ACT_OK;
+	return CI_PASS;
 }
+
+/* Run by user space through BPF_PROG_TEST_RUN with a struct recovery_sweep_cmd after 14 bytes (never
+ * attached): the time-threshold and PTO half of recovery for one connection (recovery.h). Returns
+ * the packets declared lost | SWEEP_PTO_DUE, or (u32)-1 for a bad command. */
+SEC("tc")
+int recovery_sweep_prog(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct recovery_sweep_cmd *cmd = data + 14;
+	struct recovery_state *st;
+	__u32 idx, records = 0, ret;
+
+	if ((void *)(cmd + 1) > end)
+		return -1;
+	idx = cmd->conn_index;
+	st = bpf_map_lookup_elem(&recovery_state, &idx);
+	if (!st)
+		return -1;
+	ret = recovery_sweep(st, cmd->now_ns ? cmd->now_ns : now_ns(), cmd->max_ack_delay_ns,
+			     cmd->max_datagram_size, &loss_events, idx, &records);
+	rs_count(RS_SWEEPS, 1);
+	rs_count(RS_TIME_LOST, ret & 0xffff);
+	rs_count(RS_LOSS_RECORDS, records);
+	rs_count(RS_PTO_DUE, (ret & SWEEP_PTO_DUE) ? 1 : 0);
+	return ret;
+}
+
+/* Keep the sweep command in the object's BTF for the mirror check. */
+const volatile struct recovery_sweep_cmd recovery_sweep_cmd_btf_anchor = {};
 
 char LICENSE[] SEC("license") = "Apache-2.0";

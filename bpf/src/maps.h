@@ -184,19 +184,23 @@ struct {
 } selftest_hash SEC(".maps");
 #endif
 
-#ifdef MAPS_RECOVERY
+#if defined(MAPS_RECOVERY) || defined(MAPS_RECOVERY_STATE)
 /* ---- Kernel-resident loss recovery (issue 5; recovery.h, client_ingress.bpf.c) ---- */
 #define RECOVERY_CONNS_MAX 1024   /* downstream connections with kernel recovery (~12.4 KiB each) */
 #define LOSS_EVENTS_BYTES (256 * 1024) /* loss records (56 bytes + 8 header) */
 
 /* conn_index -> sent-packet ring, RTT, bytes in flight, cwnd (struct recovery_state). Written by
- * recovery_on_sent (egress) and recovery_on_ack (client ingress); seeded by user space. */
+ * recovery_on_sent (client_egress, MAPS_RECOVERY_STATE) and recovery_on_ack (client_ingress); seeded
+ * by user space. The relay loads client_ingress with client_egress's map (bpf_map__reuse_fd). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, RECOVERY_CONNS_MAX);
 	__type(key, __u32);
 	__type(value, struct recovery_state);
 } recovery_state SEC(".maps");
+#endif
+
+#ifdef MAPS_RECOVERY
 
 /* The relay's CID a subscriber sends to -> its connection and the peer's transport parameters. */
 struct {

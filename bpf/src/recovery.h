@@ -71,6 +71,7 @@ struct ack_ctx {
 	__u64 base;                        /* PN of iteration 0 (ascending walk of the ring) */
 	__u32 conn_index;
 	__u32 mds;
+	__u32 app_limited;                 /* RFC 9002 7.8: the window was not full when the ACK came */
 };
 
 /* Whether the ACK covers pn. The walk is ascending by one and the ranges are disjoint and at least
@@ -128,6 +129,37 @@ static long ack_mark_cb(__u32 i, void *ctx)
 	return 0;
 }
 
+/* RFC 9002 A.10 OnPacketsLost for one packet: out of flight, counted; a forwarded packet gets a loss
+ * record (NULL ring: none). Returns 1 record written, -1 ring full, 0 no record wanted. */
+static __always_inline int recovery_lose(struct recovery_state *st, struct sent_pkt *p, __u64 pn, void *loss_ring,
+					 __u64 now, __u32 conn_index)
+{
+	struct loss_event *e;
+
+	p->state = SENT_LOST;
+	st->bytes_in_flight -= p->size < st->bytes_in_flight ? p->size : st->bytes_in_flight;
+	st->lost_packets += 1;
+	st->lost_bytes += p->size;
+	if (p->owner != SENT_OWNER_FORWARDED || !loss_ring)
+		return 0;
+	e = bpf_ringbuf_reserve(loss_ring, sizeof(*e), 0);
+	if (!e)
+		return -1;
+	e->ts_ns = now;
+	e->pn = pn;
+	e->sent_ns = p->sent_ns;
+	e->stream_id = p->stream_id;
+	e->stream_off = p->stream_off;
+	e->conn_index = conn_index;
+	e->size = p->size;
+	e->stream_len = p->stream_len;
+	e->owner = p->owner;
+	e->stream_fin = p->stream_fin;
+	e->_pad0[0] = e->_pad0[1] = 0;
+	bpf_ringbuf_submit(e, 0);
+	return 1;
+}
+
 /* Pass 2, RFC 9002 6.1.1 / A.10 DetectAndRemoveLostPackets (packet threshold only): in-flight
  * packets kPacketThreshold or more below the largest acknowledged are lost. */
 static long ack_loss_cb(__u32 i, void *ctx)
@@ -135,40 +167,23 @@ static long ack_loss_cb(__u32 i, void *ctx)
 	struct ack_ctx *x = ctx;
 	struct recovery_state *st = x->st;
 	struct sent_pkt *p;
-	struct loss_event *e;
 	__u64 pn;
 
 	p = walk_slot(x, i, &pn);
 	if (p->pn != pn || p->state != SENT_IN_FLIGHT || pn > st->largest_acked ||
 	    st->largest_acked - pn < K_PACKET_THRESHOLD)
 		return 0;
-	p->state = SENT_LOST;
-	st->bytes_in_flight -= p->size < st->bytes_in_flight ? p->size : st->bytes_in_flight;
-	st->lost_packets += 1;
-	st->lost_bytes += p->size;
 	x->out->lost += 1;
 	/* OnPacketsLost: the congestion event uses the largest lost packet's send time (ascending walk). */
 	x->out->lost_sent_ns = p->sent_ns + 1;
-	if (p->owner != SENT_OWNER_FORWARDED || !x->loss_ring)
-		return 0;
-	e = bpf_ringbuf_reserve(x->loss_ring, sizeof(*e), 0);
-	if (!e) {
+	switch (recovery_lose(st, p, pn, x->loss_ring, x->now, x->conn_index)) {
+	case 1:
+		x->out->loss_records += 1;
+		break;
+	case -1:
 		x->out->ring_full += 1;
-		return 0;
+		break;
 	}
-	e->ts_ns = x->now;
-	e->pn = pn;
-	e->sent_ns = p->sent_ns;
-	e->stream_id = p->stream_id;
-	e->stream_off = p->stream_off;
-	e->conn_index = x->conn_index;
-	e->size = p->size;
-	e->stream_len = p->stream_len;
-	e->owner = p->owner;
-	e->stream_fin = p->stream_fin;
-	e->_pad0[0] = e->_pad0[1] = 0;
-	bpf_ringbuf_submit(e, 0);
-	x->out->loss_records += 1;
 	return 0;
 }
 
@@ -186,7 +201,10 @@ static __always_inline void recovery_congestion_event(struct recovery_state *st,
 }
 
 /* Pass 3, RFC 9002 B.5 OnPacketsAcked: bytes leave flight; slow start or congestion avoidance
- * (cwnd += mds * acked / cwnd per packet) outside the recovery period. Ascending PN order. */
+ * (cwnd += mds * acked / cwnd per packet) outside the recovery period, and only when the window was
+ * in use (7.8: an under-utilized window must not grow; the copies are sent at the publisher's rate,
+ * not the window's, so a window grown while app-limited would hide a congested link from the drop
+ * policy until the link's queue overflows). Ascending PN order. */
 static long ack_apply_cb(__u32 i, void *ctx)
 {
 	struct ack_ctx *x = ctx;
@@ -201,7 +219,7 @@ static long ack_apply_cb(__u32 i, void *ctx)
 	st->bytes_in_flight -= p->size < st->bytes_in_flight ? p->size : st->bytes_in_flight;
 	st->acked_packets += 1;
 	st->acked_bytes += p->size;
-	if (st->recovery_start_ns && p->sent_ns <= st->recovery_start_ns)
+	if ((st->recovery_start_ns && p->sent_ns <= st->recovery_start_ns) || x->app_limited)
 		return 0;
 	if (st->cwnd < st->ssthresh)
 		st->cwnd += p->size;
@@ -257,6 +275,8 @@ static __always_inline void recovery_on_ack(struct recovery_state *st, struct ac
 	n = ack->largest >= x.base ? ack->largest - x.base + 1 : 0;
 	if (n > RECOVERY_RING)
 		n = RECOVERY_RING;
+	/* 7.8: under-utilized = less than one full-size packet of room left when the ACK arrived */
+	x.app_limited = st->bytes_in_flight + x.mds <= st->cwnd;
 	if (st->largest_acked == RECOVERY_NONE || ack->largest > st->largest_acked)
 		st->largest_acked = ack->largest;
 	__builtin_memset(out, 0, sizeof(*out));
@@ -292,6 +312,92 @@ static __always_inline void recovery_on_ack(struct recovery_state *st, struct ac
 		recovery_congestion_event(st, out->lost_sent_ns - 1, now, x.mds);
 	x.base = mark_base;
 	bpf_loop(n, ack_apply_cb, &x, 0);
+}
+
+/* ---- The sweep (RFC 9002 6.1.2 time threshold, 6.2.1 PTO) ---------------------------------------
+ * ACKs drive everything above; what needs a clock without an ACK runs from recovery_sweep, which user
+ * space runs a few times per RTT per connection (BPF_PROG_TEST_RUN: aggregate work, not per packet).
+ * It also recounts bytes_in_flight from the ring: the egress and ingress programs update the state
+ * from different CPUs without a lock, so a lost update must not stay in the window for ever. */
+#define K_TIME_THRESHOLD_NUM 9                 /* RFC 9002 6.1.2: kTimeThreshold = 9/8 */
+#define K_TIME_THRESHOLD_DEN 8
+#define K_GRANULARITY_NS 1000000ULL            /* kGranularity = 1 ms */
+#define K_INITIAL_RTT_NS 333000000ULL          /* RFC 9002 6.2.2: kInitialRtt */
+#define SWEEP_PTO_DUE (1U << 16)               /* retval bit: a probe timeout is due */
+
+struct sweep_ctx {
+	struct recovery_state *st;
+	void *loss_ring;
+	__u64 now;
+	__u64 loss_delay;
+	__u64 in_flight;                       /* recount */
+	__u64 newest_sent;                     /* newest in-flight send time */
+	__u64 lost_sent_ns;                    /* largest lost packet's send time + 1 */
+	__u32 lost;
+	__u32 records;
+	__u32 conn_index;
+};
+
+static long sweep_cb(__u32 i, void *ctx)
+{
+	struct sweep_ctx *x = ctx;
+	struct recovery_state *st = x->st;
+	struct sent_pkt *p = &st->ring[i & (RECOVERY_RING - 1)];
+
+	if (p->state != SENT_IN_FLIGHT)
+		return 0;
+	/* 6.1.2: lost when sent before an acknowledged packet and at least loss_delay ago. */
+	if (st->largest_acked != RECOVERY_NONE && p->pn < st->largest_acked && x->loss_delay &&
+	    p->sent_ns + x->loss_delay <= x->now) {
+		x->lost += 1;
+		if (p->sent_ns + 1 > x->lost_sent_ns)
+			x->lost_sent_ns = p->sent_ns + 1;
+		if (recovery_lose(st, p, p->pn, x->loss_ring, x->now, x->conn_index) == 1)
+			x->records += 1;
+		return 0;
+	}
+	x->in_flight += p->size;
+	if (p->sent_ns > x->newest_sent)
+		x->newest_sent = p->sent_ns;
+	return 0;
+}
+
+/* One sweep of one connection. Returns the packets declared lost, | SWEEP_PTO_DUE when in-flight
+ * packets exist and none was sent within a PTO (RFC 9002 6.2.1: user space sends the probe). */
+static __always_inline __u32 recovery_sweep(struct recovery_state *st, __u64 now, __u64 max_ack_delay_ns,
+					    __u32 mds, void *loss_ring, __u32 conn_index, __u32 *records)
+{
+	struct sweep_ctx x = {.st = st, .loss_ring = loss_ring, .now = now, .conn_index = conn_index};
+	__u64 rtt, pto, var;
+	__u32 ret;
+
+	if (st->min_rtt != RECOVERY_NONE) {
+		rtt = st->smoothed_rtt > st->latest_rtt ? st->smoothed_rtt : st->latest_rtt;
+		x.loss_delay = rtt * K_TIME_THRESHOLD_NUM / K_TIME_THRESHOLD_DEN;
+		if (x.loss_delay < K_GRANULARITY_NS)
+			x.loss_delay = K_GRANULARITY_NS;
+	}
+	bpf_loop(RECOVERY_RING, sweep_cb, &x, 0);
+	st->bytes_in_flight = x.in_flight;
+	if (x.lost_sent_ns)
+		recovery_congestion_event(st, x.lost_sent_ns - 1, now, mds ? mds : K_DEFAULT_MDS);
+	*records = x.records;
+	ret = x.lost > 0xffff ? 0xffff : x.lost;
+	if (!x.in_flight)
+		return ret;
+	/* 6.2.1: PTO = smoothed_rtt + max(4 * rttvar, kGranularity) + max_ack_delay (kInitialRtt before
+	 * the first sample, 6.2.2). */
+	if (st->min_rtt == RECOVERY_NONE) {
+		rtt = K_INITIAL_RTT_NS;
+		var = K_INITIAL_RTT_NS / 2;
+	} else {
+		rtt = st->smoothed_rtt;
+		var = st->rttvar;
+	}
+	pto = rtt + (4 * var > K_GRANULARITY_NS ? 4 * var : K_GRANULARITY_NS) + max_ack_delay_ns;
+	if (x.newest_sent + pto <= now)
+		ret |= SWEEP_PTO_DUE;
+	return ret;
 }
 
 #endif /* MOQ_BPF_RECOVERY_H */

@@ -167,7 +167,10 @@ struct downstream_conn {
 	__u8 priority_threshold;           /* drop objects whose publisher priority is greater */
 	__u8 drop_group_rest;              /* 1: after a policy drop, drop the rest of that group too
 					    * (later objects of a group depend on earlier ones) */
-	__u8 _pad0[2];
+	__u8 recovery;                     /* 1: kernel recovery (issue 5): every numbered packet enters
+					    * recovery_state[conn_index], largest_acked is read from there,
+					    * forwarded datagram copies get no registration record */
+	__u8 _pad0[1];
 	__u16 sport;                       /* relay's client-side UDP port */
 	__u16 dport;                       /* subscriber's UDP port */
 	__u8 src_ip[16];                   /* IPv4 in the first 4 bytes */
@@ -384,6 +387,16 @@ struct loss_event {
 	__u8 _pad0[2];
 };
 
+/* The packet a user-space test run of recovery_sweep carries after a 14-byte Ethernet header:
+ * which connection to sweep (RFC 9002 6.1.2 time threshold, 6.2.1 PTO), and with what. */
+struct recovery_sweep_cmd {
+	__u64 now_ns;                      /* 0: bpf_ktime_get_ns() */
+	__u64 max_ack_delay_ns;            /* peer's max_ack_delay, for the PTO (RFC 9002 6.2.1) */
+	__u32 conn_index;
+	__u16 max_datagram_size;           /* 0: 1200 */
+	__u8 _pad0[2];
+};
+
 /* Per-CPU scratch of client_ingress: the one ACK frame of a packet, decoded and validated before
  * any state changes (a malformed frame leaves the state untouched). lo/hi: inclusive PN ranges,
  * descending. */
@@ -428,6 +441,9 @@ enum recovery_stat {
 	RS_PASS_LOSS,                      /* up: loss detected */
 	RS_PASS_PERIODIC,                  /* up: the connection's pass interval elapsed */
 	RS_CONSUMED,                       /* handled in the kernel: TC_ACT_SHOT */
+	RS_SWEEPS,                         /* recovery_sweep runs (user space, a few per RTT) */
+	RS_TIME_LOST,                      /* packets declared lost by the time threshold (sweep) */
+	RS_PTO_DUE,                        /* sweeps that found a probe timeout due (user space probes) */
 	RS_MAX,
 };
 

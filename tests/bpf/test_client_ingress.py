@@ -28,11 +28,14 @@ from bpf.structs import (
     RecoveryConn,
     RecoveryStat,
     RecoveryState,
+    RecoverySweepCmd,
 )
-from bpf.testrun import TC_ACT_OK, TC_ACT_SHOT
+from bpf.testrun import TC_ACT_SHOT, TC_ACT_UNSPEC
 from bpf.testrun import test_run as prog_run
 from relay.recovery_model import FORWARDED, RING, USER, Ack, Model, Outcome, Sent, ranges_of
 from tests.bpf.packets import ack_frame, crypto_frame, eth, ipv4, short_header_packet, udp
+
+PASS = TC_ACT_UNSPEC  # "not claimed": tc runs server_ingress next
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
 
@@ -95,7 +98,7 @@ class Conn:
         self.obj.maps["test_clock"].update(0, self.now)
         pkt = frame_of(frames)
         res = prog_run(self.obj.programs["client_ingress"].fd, pkt)
-        if res.retval == TC_ACT_OK:
+        if res.retval == PASS:
             assert res.data == pkt, "a packet that goes up must go up unchanged"
         return res.retval, res.data
 
@@ -105,7 +108,7 @@ class Conn:
         out = self.model.on_ack(ack, self.now)
         self._model_losses.extend(p for p in out.lost if p.owner == FORWARDED)
         reason = self.model.pass_up(bool(extra and extra.strip(b"\0\x01")), out, self.now)
-        assert verdict == (TC_ACT_SHOT if reason is None else TC_ACT_OK), (reason, out)
+        assert verdict == (TC_ACT_SHOT if reason is None else PASS), (reason, out)
         self.check()
         return verdict, out
 
@@ -170,7 +173,7 @@ def test_single_range_acks_and_samples_rtt(conn: Conn) -> None:
     for pn in range(10):
         conn.send(pn, at=T0 + pn * MS)
     verdict, out = conn.ack(Ack(((0, 9),), ack_delay=1000 >> 3), at=T0 + 60 * MS)
-    assert verdict == TC_ACT_OK  # first packet of the connection: the periodic pass is due
+    assert verdict == PASS  # first packet of the connection: the periodic pass is due
     assert out.newly_acked == list(range(10))
     s = conn.state()
     assert (s.largest_acked, s.bytes_in_flight, s.latest_rtt) == (9, 0, 51 * MS)
@@ -183,14 +186,14 @@ def test_many_ranges_ack_exactly_those_and_declare_the_holes_lost(conn: Conn) ->
         conn.send(pn, stream=(4, pn * 1000, 1000))
     acked = {pn for pn in range(40) if pn % 3 != 1}
     verdict, out = conn.ack(Ack(ranges_of(acked)), at=T0 + 30 * MS)
-    assert verdict == TC_ACT_OK and len(out.lost) == 12  # 1, 4, ..., 34: 37 is only 2 below 39
+    assert verdict == PASS and len(out.lost) == 12  # 1, 4, ..., 34: 37 is only 2 below 39
     assert conn.stats()[R.RS_PASS_LOSS] == 1 and conn.stats()[R.RS_LOSS_RECORDS] == 12
     assert [e.stream_off for e in conn.losses] == [pn * 1000 for pn in range(1, 37, 3)]
     assert conn.state().congestion_events == 1
 
 
 def test_ack_ecn_ce_increase_is_a_congestion_event(conn: Conn) -> None:
-    for pn in range(4):
+    for pn in range(10):  # a full window (12000 bytes): the first ACK grows it (RFC 9002 7.8)
         conn.send(pn)
     conn.ack(Ack(((0, 1),), ecn_ce=0), at=T0 + 10 * MS)
     assert conn.state().congestion_events == 0
@@ -235,14 +238,14 @@ def test_user_owned_pn_acked_goes_up(conn: Conn) -> None:
     conn.send(1, owner=USER)
     conn.ack(Ack(((0, 0),)), at=T0 + 5 * MS)
     verdict, _ = conn.ack(Ack(((1, 1),)), at=T0 + 6 * MS)
-    assert verdict == TC_ACT_OK and conn.stats()[R.RS_PASS_USER_ACKED] == 1
+    assert verdict == PASS and conn.stats()[R.RS_PASS_USER_ACKED] == 1
 
 
 def test_periodic_pass(conn: Conn) -> None:
     for pn in range(4):
         conn.send(pn)
     verdicts = [conn.ack(Ack(((pn, pn),)), at=T0 + pn * 2 * MS)[0] for pn in range(4)]
-    assert verdicts == [TC_ACT_OK, TC_ACT_SHOT, TC_ACT_SHOT, TC_ACT_OK]  # every 5 ms
+    assert verdicts == [PASS, TC_ACT_SHOT, TC_ACT_SHOT, PASS]  # every 5 ms
     assert conn.stats()[R.RS_PASS_PERIODIC] == 2
 
 
@@ -251,7 +254,7 @@ def test_other_frames_go_up_after_the_ack_is_applied(conn: Conn) -> None:
     conn.ack(Ack(((0, 0),)), at=T0 + 1 * MS)
     conn.send(1)
     verdict, _ = conn.ack(Ack(((1, 1),)), at=T0 + 2 * MS, extra=crypto_frame(b"x"))
-    assert verdict == TC_ACT_OK and conn.state().acked_packets == 2
+    assert verdict == PASS and conn.state().acked_packets == 2
     assert conn.stats()[R.RS_PASS_OTHER_FRAMES] == 1
 
 
@@ -274,7 +277,7 @@ def test_malformed_ack_passes_up_unchanged(conn: Conn, frames: bytes) -> None:
         conn.send(pn)
     before = bytes(conn.state())
     verdict, _ = conn.run(frames, at=T0 + MS)  # run() asserts the bytes are unchanged
-    assert verdict == TC_ACT_OK
+    assert verdict == PASS
     assert bytes(conn.state()) == before
     st = conn.stats()
     assert st.get(R.RS_MALFORMED, 0) + st.get(R.RS_TOO_COMPLEX, 0) == 1 and R.RS_ACK_FRAMES not in st
@@ -283,7 +286,7 @@ def test_malformed_ack_passes_up_unchanged(conn: Conn, frames: bytes) -> None:
 def test_unknown_connection_and_other_ports_go_up(conn: Conn) -> None:
     conn.send(0)
     for pkt in (frame_of(ack_frame(0), dcid=bytes(8)), frame_of(ack_frame(0), dport=9999)):
-        assert prog_run(conn.obj.programs["client_ingress"].fd, pkt).retval == TC_ACT_OK
+        assert prog_run(conn.obj.programs["client_ingress"].fd, pkt).retval == PASS
     assert conn.stats() == {R.RS_NOT_OURS: 2} and conn.state().acked_packets == 0
 
 
@@ -339,7 +342,7 @@ def test_production_object_loads(bpf_build: Path) -> None:
     cfg = IngressConfig()
     cfg.port[0], cfg.dcid_len[0] = PORT, len(DCID)
     with BpfObject.load(build_path("client_ingress"), rodata={"cfg": cfg}) as o:
-        assert {"client_ingress"} == set(o.programs) and "test_clock" not in o.maps
+        assert {"client_ingress", "recovery_sweep_prog"} == set(o.programs) and "test_clock" not in o.maps
 
 
 def test_ipv6_ack_is_applied_and_address_learned(conn: Conn) -> None:
@@ -349,7 +352,89 @@ def test_ipv6_ack_is_applied_and_address_learned(conn: Conn) -> None:
         conn.send(pn)
     conn.obj.maps["test_clock"].update(0, T0 + MS)
     pkt = eth(ipv6(udp(40001, PORT, short_header_packet(DCID, 9, ack_frame(2, first=2)))), ETH_P_IPV6)
-    assert prog_run(conn.obj.programs["client_ingress"].fd, pkt).retval == TC_ACT_OK  # first: periodic pass
+    assert prog_run(conn.obj.programs["client_ingress"].fd, pkt).retval == PASS  # first: periodic pass
     assert conn.state().acked_packets == 3
     a = conn.obj.maps["subscriber_addrs"].lookup(IDX)
     assert (a.ip_version, a.port) == (6, 40001)
+
+
+# ---- the sweep: time threshold (RFC 9002 6.1.2), PTO due (6.2.1), bytes-in-flight recount ----
+
+def sweep(c: Conn, at: int, max_ack_delay_ns: int = 25 * MS) -> tuple[int, bool]:
+    cmd = RecoverySweepCmd(now_ns=at, max_ack_delay_ns=max_ack_delay_ns, conn_index=IDX, max_datagram_size=1200)
+    ret = prog_run(c.obj.programs["recovery_sweep_prog"].fd, bytes(14) + bytes(cmd)).retval & 0xFFFFFFFF
+    return ret & 0xFFFF, bool(ret & (1 << 16))
+
+
+def test_sweep_declares_time_threshold_losses(conn: Conn) -> None:
+    """PNs 7 and 8 escape the packet threshold (largest acked 9); 9/8 of the 10 ms RTT after they were sent, the
+    sweep declares them lost: records for the forwarded one, not for the user-space one, one congestion event."""
+    for pn in range(10):
+        conn.send(pn, size=1000, at=T0, owner=USER if pn == 8 else FORWARDED)
+    conn.ack(Ack(((9, 9),), ack_delay=0), at=T0 + 10 * MS)  # packet threshold: 0..6 lost, 7 and 8 not yet
+    st = conn.state()
+    assert (st.lost_packets, st.bytes_in_flight, st.smoothed_rtt) == (7, 2000, 10 * MS)
+    cwnd = st.cwnd
+    assert sweep(conn, T0 + 11 * MS) == (0, False)  # 11 ms < 9/8 * 10 ms since they were sent
+    assert sweep(conn, T0 + 11 * MS + MS // 4) == (2, False)
+    st = conn.state()
+    assert (st.lost_packets, st.bytes_in_flight) == (9, 0)
+    assert st.ring[7].state == SENT_LOST and st.ring[8].state == SENT_LOST
+    assert st.cwnd == cwnd  # lost packets sent before the recovery period the ACK started: no second halving
+    conn.rb.consume()
+    assert [e.pn for e in conn.losses] == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert conn.stats()[R.RS_TIME_LOST] == 2 and conn.stats()[R.RS_SWEEPS] == 2
+
+
+def test_sweep_reports_probe_timeout_and_recounts_flight(conn: Conn) -> None:
+    conn.send(0, size=1000, at=T0)
+    conn.ack(Ack(((0, 0),), ack_delay=0), at=T0 + 10 * MS)  # srtt 10 ms, rttvar 5 ms
+    conn.send(1, size=700, at=T0 + 20 * MS)
+    # PTO = 10 + max(4 * 5, 1) + 25 (max_ack_delay) = 55 ms after the newest in-flight packet
+    assert sweep(conn, T0 + 74 * MS) == (0, False)
+    assert sweep(conn, T0 + 75 * MS) == (0, True)
+    # a lost update between the CPUs: bytes_in_flight wrong -> the sweep recounts it from the ring
+    st = conn.state()
+    st.bytes_in_flight = 123456
+    conn.obj.maps["recovery_state"].update(IDX, st)
+    sweep(conn, T0 + 76 * MS)
+    assert conn.state().bytes_in_flight == 700
+    assert conn.stats()[R.RS_PTO_DUE] == 2
+
+
+def test_sweep_before_any_rtt_sample_uses_the_initial_rtt(conn: Conn) -> None:
+    """RFC 9002 6.2.2: kInitialRtt 333 ms, rttvar half of it; no time-threshold loss without a sample."""
+    conn.send(0, size=1000, at=T0)
+    assert sweep(conn, T0 + 999 * MS) == (0, False)  # 333 + 4 * 166.5 + 25 = 1024 ms
+    assert sweep(conn, T0 + 1024 * MS) == (0, True)
+    assert conn.state().bytes_in_flight == 1000
+
+
+def test_sweep_of_an_unknown_connection_is_refused(obj: BpfObject) -> None:
+    cmd = RecoverySweepCmd(now_ns=T0, conn_index=1 << 20)
+    assert prog_run(obj.programs["recovery_sweep_prog"].fd, bytes(14) + bytes(cmd)).retval & 0xFFFFFFFF == 0xFFFFFFFF
+    assert prog_run(obj.programs["recovery_sweep_prog"].fd, bytes(16)).retval & 0xFFFFFFFF == 0xFFFFFFFF
+
+
+def test_an_under_utilized_window_does_not_grow(conn: Conn) -> None:
+    """RFC 9002 7.8: 4 packets in a 12000-byte window: acknowledged, out of flight, no growth; a full window grows."""
+    for pn in range(4):
+        conn.send(pn)
+    conn.ack(Ack(((0, 3),)), at=T0 + 10 * MS)
+    assert (conn.state().cwnd, conn.state().bytes_in_flight) == (12000, 0)
+    for pn in range(4, 14):
+        conn.send(pn)
+    conn.ack(Ack(((4, 13),)), at=T0 + 20 * MS)
+    assert conn.state().cwnd == 12000 + 10 * 1200  # slow start
+
+
+def test_acks_of_packets_sent_before_the_kernel_took_over_are_not_malformed(conn: Conn) -> None:
+    """Seeded at enable with the first PN the program assigns: the subscriber's ACK of aioquic's earlier packets is
+    valid (RFC 9000 13.1 only forbids PNs never sent), applied to nothing, and goes up (the periodic pass is due)."""
+    conn.obj.maps["recovery_state"].update(IDX, RecoveryState.seeded(1200, next_pn=100))
+    verdict, _ = conn.run(ack_bytes(Ack(((0, 99),))), at=T0)
+    assert verdict == PASS and conn.stats().get(R.RS_MALFORMED, 0) == 0 and conn.stats()[R.RS_ACK_FRAMES] == 1
+    s = conn.state()
+    assert (s.largest_acked, s.largest_sent, s.acked_packets, s.bytes_in_flight) == (99, 99, 0, 0)
+    verdict, _ = conn.run(ack_bytes(Ack(((0, 100),))), at=T0 + MS)  # PN 100 was never sent
+    assert verdict == PASS and conn.stats()[R.RS_MALFORMED] == 1

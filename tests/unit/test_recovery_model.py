@@ -62,7 +62,7 @@ def test_packet_threshold_and_newreno_halving() -> None:
 def test_congestion_avoidance_growth() -> None:
     m = Model(cwnd=12000)
     m.ssthresh = 6000
-    sent(m, range(3), size=1200)
+    sent(m, range(10), size=1200)  # the window is full: it may grow (RFC 9002 7.8)
     m.on_ack(Ack(((0, 2),)), now=MS)
     cwnd = 12000
     for _ in range(3):
