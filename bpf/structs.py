@@ -150,7 +150,7 @@ class DownstreamConn(Mirror):
         ("priority_threshold", u8),
         ("drop_group_rest", u8),
         ("recovery", u8),
-        ("_pad0", u8 * 1),
+        ("prio_auto", u8),
         ("sport", u16),
         ("dport", u16),
         ("src_ip", u8 * 16),
@@ -229,7 +229,10 @@ class EgressConfig(Mirror):
     """client_egress .rodata ``egress_cfg``: relay client-side ports, DCID lengths to try (0xff ends)."""
 
     c_name = "egress_config"
-    _fields_ = [("port", u16 * MAX_RELAY_PORTS), ("dcid_len", u8 * EGRESS_MAX_DCID_LENS)]
+    _fields_ = [
+        ("port", u16 * MAX_RELAY_PORTS), ("dcid_len", u8 * EGRESS_MAX_DCID_LENS), ("congestion_high_pct", u8),
+        ("congestion_low_pct", u8),
+    ]
 
 
 class DownstreamCid(Mirror):
@@ -348,7 +351,7 @@ class RecoveryState(Mirror):
         ("recovery_start_ns", u64), ("latest_rtt", u64), ("min_rtt", u64), ("smoothed_rtt", u64), ("rttvar", u64),
         ("ecn_ce", u64), ("last_pass_ns", u64), ("acked_packets", u64), ("acked_bytes", u64),
         ("lost_packets", u64), ("lost_bytes", u64), ("evicted", u64), ("sent_packets", u64), ("sent_bytes", u64),
-        ("congestion_events", u64), ("ring", SentPkt * RECOVERY_RING),
+        ("congestion_events", u64), ("congested", u32), ("congestion_onsets", u32), ("ring", SentPkt * RECOVERY_RING),
     ]
 
     @classmethod
@@ -389,16 +392,23 @@ class LossEvent(Mirror):
     ]
 
 
-SWEEP_PTO_DUE = 1 << 16  # recovery_sweep_prog's return value: a probe timeout is due (RFC 9002 6.2.1)
-
-
 class RecoverySweepCmd(Mirror):
-    """What user space passes recovery_sweep_prog (after 14 bytes): one connection's time-threshold/PTO sweep."""
+    """What user space passes recovery_sweep_prog (after 14 bytes): sweep one connection."""
 
     c_name = "recovery_sweep_cmd"
+    _fields_ = [("now_ns", u64), ("conn_index", u32), ("_pad0", u32)]
+
+
+class RecoveryFigures(Mirror):
+    """recovery_figures value: the sweep's inputs (user space) and outputs (the connection's aggregate record)."""
+
+    c_name = "recovery_figures"
     _fields_ = [
-        ("now_ns", u64), ("max_ack_delay_ns", u64), ("conn_index", u32), ("max_datagram_size", u16),
-        ("_pad0", u8 * 2),
+        ("max_ack_delay_ns", u64), ("max_datagram_size", u32), ("active", u32), ("swept_ns", u64),
+        ("bytes_in_flight", u64), ("cwnd", u64), ("ssthresh", u64), ("smoothed_rtt", u64), ("min_rtt", u64),
+        ("latest_rtt", u64), ("rttvar", u64), ("sent_packets", u64), ("sent_bytes", u64), ("acked_packets", u64),
+        ("lost_packets", u64), ("evicted", u64), ("largest_sent", u64), ("congestion_events", u64),
+        ("lost_now", u32), ("pto_due", u32), ("congested", u32), ("congestion_onsets", u32),
     ]
 
 
@@ -443,7 +453,7 @@ class RecoveryStat(IntEnum):
 
 
 MIRRORS = MIRRORS + (SentPkt, RecoveryState, RecoveryConn, SubscriberAddr, LossEvent, AckOutcome, AckScratch,
-                      RecoverySweepCmd)
+                      RecoverySweepCmd, RecoveryFigures)
 
 
 # ---- nic_crypto.bpf.c: the sim NIC's TC crypto engine (crypto_offload/tc_engine.py) ----------------------------

@@ -1,10 +1,12 @@
 """Congestion-driven dropping of low-priority objects for one subscriber (docs/fastpath.md, "Drop policy").
 
-Why here and not in the kernel: the congestion state of a subscriber's connection (bytes in flight, congestion
-window) lives in aioquic's recovery, which the registration loop keeps exact for every copy the kernel sent. A
-sweep every few milliseconds turns it into one byte per subscription in `downstream_conns` (the priority
-threshold) that the egress program applies per copy. Hysteresis keeps the threshold from flapping: it is set when
-bytes in flight reach `high` of the window and cleared once they fall below `low`.
+With `--recovery user` the congestion state of a subscriber's connection (bytes in flight, congestion window)
+lives in aioquic's recovery, which the registration loop keeps exact for every copy the kernel sent: a sweep every
+`interval` turns it into one byte per subscription in `downstream_conns` (the priority threshold) that the egress
+program applies per copy. With `--recovery kernel` the window is the kernel's (NewReno on the subscriber's ACKs,
+bpf/src/recovery.h) and the egress program applies the same hysteresis itself on every copy (`prio_auto`; `high`
+and `low` are load-time constants). Hysteresis keeps the threshold from flapping: it is set when bytes in flight
+reach `high` of the window and cleared once they fall below `low`.
 """
 
 from __future__ import annotations

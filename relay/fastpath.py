@@ -87,13 +87,15 @@ def _alias_len(alias: int) -> int:
 
 def _conn_state(
     addresses: Addresses, dcid: bytes, alias: int, conn_index: int, key_phase: int, drop_group_rest: bool = True,
-    recovery: bool = False,
+    recovery: bool = False, auto_threshold: int | None = None,
 ) -> DownstreamConn:
     conn = DownstreamConn(
         largest_acked=NO_LARGEST_ACKED, alias=alias, ip_version=addresses.src.version, dcid_len=len(dcid),
         alias_len=_alias_len(alias), enabled=1, key_phase=key_phase & 1, sport=addresses.sport,
         dport=addresses.dport, conn_index=conn_index, drop_group_rest=int(drop_group_rest), recovery=int(recovery),
     )
+    if recovery and auto_threshold is not None:  # the egress program applies it while the kernel's window is full
+        conn.prio_auto, conn.priority_threshold = 1, auto_threshold
     conn.eth_dst[:], conn.eth_src[:] = list(addresses.eth_dst), list(addresses.eth_src)
     conn.dcid[: len(dcid)] = list(dcid)
     ip_len = 4 if addresses.src.version == 4 else 16
@@ -181,7 +183,7 @@ class FastPathController:
     def add_subscriber(
         self, slot: int, track_id: int, ifindex: int, addresses: Addresses, dcid: bytes, alias: int,
         next_pn: int, conn_index: int | None = None, key_phase: int = 0, seed_pn: bool = True,
-        drop_group_rest: bool = True, recovery: bool = False,
+        drop_group_rest: bool = True, recovery: bool = False, auto_threshold: int | None = None,
     ) -> None:
         """Subscription ``slot`` of a downstream connection to ``track_id``, leaving by device ``ifindex``.
         ``conn_index`` names the connection's PN counter (default: the slot); ``seed_pn=False`` when the program
@@ -197,7 +199,7 @@ class FastPathController:
         if "slot_state" in self.egress:  # the policy's record starts empty for every new subscription
             self.egress["slot_state"].update(slot, SlotState())
         self.egress["downstream_conns"].update(
-            slot, _conn_state(addresses, dcid, alias, index, key_phase, drop_group_rest, recovery)
+            slot, _conn_state(addresses, dcid, alias, index, key_phase, drop_group_rest, recovery, auto_threshold)
         )
         subs.sub[subs.count] = SubTarget(slot=slot, ifindex=ifindex)
         subs.count += 1

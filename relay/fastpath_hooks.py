@@ -43,6 +43,8 @@ class DownstreamPath:
     enable: Callable[[], object] = lambda: None
     # kernel recovery (issue 5): the connection's max datagram size, to seed its RFC 9002 state; None: user space
     recovery_mds: int | None = None
+    # ... and the drop policy's threshold, applied by the egress program from the kernel's window (None: no policy)
+    auto_drop_above: int | None = None
     bind: Callable[[int], None] = lambda slot: None  # the registrar learns slot -> connection
     unbind: Callable[[int], None] = lambda slot: None
     released: Callable[[], object] = lambda: None  # the connection left the fast path (its session closed)
@@ -151,6 +153,7 @@ class KernelFastPathHooks:
                 slot, ft.track_id, path.ifindex, path.addresses, path.dcid, sub.alias, next_pn=0,
                 conn_index=conn.conn_index, key_phase=path.key_phase, seed_pn=False,
                 drop_group_rest=self.drop_group_rest, recovery=path.recovery_mds is not None,
+                auto_threshold=path.auto_drop_above,
             )  # fmt: skip
         except (FastPathFull, OSError, ValueError) as exc:
             # keep this subscription on the slow path; undo whatever part reached the maps

@@ -54,6 +54,7 @@ from relay.fastpath_hooks import DownstreamPath, KernelFastPathHooks
 from relay.ingress_classifier import CompositeHooks, IngressClassifier
 from relay.kernel_recovery import (
     DEFAULT_PASS_INTERVAL_MS,
+    DEFAULT_SWEEP_INTERVAL,
     SERVER_INGRESS_PRIO,
     KernelRecovery,
     RecoveryUnavailable,
@@ -150,8 +151,10 @@ class KernelFastPath:
         ifindex = socket_ifindex(ifname)
         icfg = IngressConfig()
         icfg.port[0], icfg.dcid_len[0] = port, HOST_CID_LEN
+        policy = policy or DropPolicy()
         ecfg = EgressConfig()
         ecfg.port[0] = port
+        ecfg.congestion_high_pct, ecfg.congestion_low_pct = round(policy.high * 100), round(policy.low * 100)
         lens = list(PEER_CID_LENS[:EGRESS_MAX_DCID_LENS]) + [0xFF] * EGRESS_MAX_DCID_LENS
         ecfg.dcid_len[:] = lens[:EGRESS_MAX_DCID_LENS]
         assert MAX_RELAY_PORTS >= 1
@@ -188,7 +191,7 @@ class KernelFastPath:
             except (LoadError, OSError, NetlinkError) as exc:
                 log.warning("ingress classifier not attached (%s): objects of unsubscribed tracks reach user space",
                             exc)
-        return cls(ifname, ifindex, port, objs[0], objs[1], filters, first_pn=first_pn, policy=policy or DropPolicy(),
+        return cls(ifname, ifindex, port, objs[0], objs[1], filters, first_pn=first_pn, policy=policy,
                    classifier=clf, recovery=rec)
 
     def run(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -196,9 +199,10 @@ class KernelFastPath:
         self._loop = loop
         self._ring = self.egress.ring_buffer("reg_events", self.registrar.on_record, RegEvent)
         loop.add_reader(self._ring.epoll_fd, self.drain)
-        if self.policy.drop_above is not None or self.recovery is not None:
-            task = loop.create_task(self._police_forever())
-            self._tasks.add(task)
+        if self.recovery is not None:  # the egress program applies the policy from the kernel's window
+            self._tasks.add(loop.create_task(self._every(DEFAULT_SWEEP_INTERVAL, self.sweep_recovery)))
+        elif self.policy.drop_above is not None:
+            self._tasks.add(loop.create_task(self._every(self.policy.interval, self.police)))
 
     def stop(self) -> None:
         """Detach, close, unpin: nothing of this run stays in the kernel."""
@@ -336,6 +340,7 @@ class KernelFastPath:
             addresses, dcid=peer, ifindex=self.ifindex, key_phase=int(send.key_phase), next_pn=next_pn,
             enable=enable_numbering, bind=lambda slot: registrar.bind(slot, quic), unbind=registrar.unbind,
             recovery_mds=int(quic._max_datagram_size) if self.recovery is not None else None,
+            auto_drop_above=self.policy.drop_above if self.recovery is not None else None,
             released=lambda: self.recovery.disable_quic(quic) if self.recovery is not None else None,
         )  # fmt: skip
 
@@ -477,39 +482,32 @@ class KernelFastPath:
 
     # --- drop policy -------------------------------------------------------------------------------------------
 
-    async def _police_forever(self) -> None:
+    @staticmethod
+    async def _every(interval: float, job: Any) -> None:
         while True:
-            await asyncio.sleep(self.policy.interval)
+            await asyncio.sleep(interval)
             try:
-                if self.recovery is not None:
-                    for quic in self.recovery.sweep():  # probes queued: send them now
-                        proto = self._protocol_of(quic)
-                        if proto is not None:
-                            proto.transmit()
-                if self.policy.drop_above is not None:
-                    self.police()
-            except Exception:  # a policy bug must not stop forwarding
-                log.exception("drop policy sweep failed")
+                job()
+            except Exception:  # a bug in a sweep must not stop forwarding
+                log.exception("periodic fast-path job %s failed", getattr(job, "__name__", job))
 
-    def _congestion_figures(self, session: MoqtSession, conn: MoqtConnection) -> tuple[int, int] | None:
-        """(bytes in flight, congestion window) of a connection: the kernel's with kernel recovery, else aioquic's
-        (which the registration loop keeps exact for every copy)."""
-        if self.recovery is None:
-            loss = conn._quic._loss
-            return int(loss.bytes_in_flight), int(loss.congestion_window)
-        f = self.recovery.figures(self.hooks.conn_index(session))
-        return None if f is None else (f.bytes_in_flight, f.cwnd)
+    def sweep_recovery(self) -> None:
+        """Kernel recovery's timers (relay.kernel_recovery); probes it queued in aioquic leave now."""
+        assert self.recovery is not None
+        for quic in self.recovery.sweep():
+            proto = self._protocol_of(quic)
+            if proto is not None:
+                proto.transmit()
 
     def police(self) -> None:
-        """One sweep: each enabled connection's congestion state becomes its subscriptions' priority threshold."""
+        """One sweep (`--recovery user`): each enabled connection's congestion state, from aioquic's recovery, becomes
+        its subscriptions' priority threshold. With kernel recovery the egress program does this per copy."""
         for session, conn in list(self._conns.items()):
             if not self.hooks.enabled(session):
                 continue
-            figures = self._congestion_figures(session, conn)
-            if figures is None:
-                continue
+            loss = conn._quic._loss
             was = self._congested.get(session, False)
-            now = self.policy.congested(figures[0], figures[1], was)
+            now = self.policy.congested(int(loss.bytes_in_flight), int(loss.congestion_window), was)
             slots = self.hooks.slots_of(session)[1:]  # subscription slots (the first is the connection's own)
             fresh = [s for s in slots if (s in self._policing) != now]
             if now == was and not fresh:
@@ -524,6 +522,12 @@ class KernelFastPath:
                         self._policing.add(slot)
                     else:
                         self._policing.discard(slot)
+
+    def _connection_counters(self) -> dict[str, int]:
+        out = vars(self.stats).copy()
+        if self.recovery is not None:  # onsets of the egress program's policy
+            out["congestion_onsets"] += self.recovery.stats.congestion_onsets
+        return out
 
     def subscription_stats(self) -> list[dict[str, int]]:
         """Per kernel-served subscription: slot, copies sent, drops by reason (for `relay stats` and reports)."""
@@ -544,7 +548,7 @@ class KernelFastPath:
             "ingress": {s.name: ing.sum_percpu(int(s)) for s in IngressStat if s.name != "ST_MAX"},
             "egress": {s.name: eg.sum_percpu(int(s)) for s in EgressStat if s.name != "EG_MAX"},
             "registration": vars(self.registrar.stats).copy(),
-            "connections": vars(self.stats).copy(),
+            "connections": self._connection_counters(),
             "subscriptions": self.subscription_stats(),
             "streams": vars(self.streams.stats).copy(),
             "classifier": self.classifier.counters() if self.classifier is not None else None,

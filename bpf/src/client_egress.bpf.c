@@ -410,6 +410,31 @@ static __always_inline int handle_stream_copy(struct __sk_buff *skb, const struc
 	return rewrite(skb, r, conn, ds, slot, 1, st);
 }
 
+/* Kernel recovery's drop policy (prio_auto): the connection's own window, NewReno on the subscriber's
+ * ACKs (recovery.h), with the hysteresis of relay/drop_policy.py: congested once bytes in flight reach
+ * high % of cwnd, until they fall below low %. Plain stores: a race between CPUs only delays a flip. */
+static __always_inline int auto_congested(const struct downstream_conn *conn)
+{
+	struct recovery_state *rs;
+	__u64 in_flight, window;
+
+	if (!conn->prio_auto || !conn->recovery)
+		return 0;
+	rs = bpf_map_lookup_elem(&recovery_state, &conn->conn_index);
+	if (!rs)
+		return 0;
+	in_flight = rs->bytes_in_flight * 100;
+	window = rs->cwnd;
+	if (rs->congested) {
+		if (in_flight < window * egress_cfg.congestion_low_pct)
+			rs->congested = 0;
+	} else if (window && in_flight >= window * egress_cfg.congestion_high_pct) {
+		rs->congested = 1;
+		rs->congestion_onsets += 1;
+	}
+	return rs->congested;
+}
+
 static __always_inline int handle_clone(struct __sk_buff *skb, __u32 mark)
 {
 	struct parse_result r = {};
@@ -448,7 +473,7 @@ static __always_inline int handle_clone(struct __sk_buff *skb, __u32 mark)
 		return drop(EG_GROUP_DROP, ds);
 	}
 	/* MoQT draft-14: lower Publisher Priority values are more important. */
-	if (conn->prio_set && r.priority > conn->priority_threshold) {
+	if ((conn->prio_set || auto_congested(conn)) && r.priority > conn->priority_threshold) {
 		ss->drop_group = r.group + 1;
 		ss->priority_drops += 1;
 		return drop(EG_PRIORITY_DROP, ds);

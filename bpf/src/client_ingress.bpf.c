@@ -299,32 +299,60 @@ not_ours:
 }
 
 /* Run by user space through BPF_PROG_TEST_RUN with a struct recovery_sweep_cmd after 14 bytes (never
- * attached): the time-threshold and PTO half of recovery for one connection (recovery.h). Returns
- * the packets declared lost | SWEEP_PTO_DUE, or (u32)-1 for a bad command. */
+ * attached): the time-threshold and PTO half of recovery (recovery.h) for one active connection, its
+ * aggregate record written to recovery_figures. One connection per run: recovery_sweep walks the ring
+ * with bpf_loop, and neither a bpf_loop over connections (nested callbacks are refused) nor a bounded
+ * loop (the verifier re-explores the callback per iteration: > 1M instructions at 8) takes several.
+ * Returns 1 swept, 0 inactive, (u32)-1 bad command. */
 SEC("tc")
 int recovery_sweep_prog(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	struct recovery_sweep_cmd *cmd = data + 14;
+	struct recovery_figures *f;
 	struct recovery_state *st;
 	__u32 idx, records = 0, ret;
+	__u64 now;
 
 	if ((void *)(cmd + 1) > end)
 		return -1;
 	idx = cmd->conn_index;
+	f = bpf_map_lookup_elem(&recovery_figures, &idx);
 	st = bpf_map_lookup_elem(&recovery_state, &idx);
-	if (!st)
+	if (!f || !st)
 		return -1;
-	ret = recovery_sweep(st, cmd->now_ns ? cmd->now_ns : now_ns(), cmd->max_ack_delay_ns,
-			     cmd->max_datagram_size, &loss_events, idx, &records);
+	if (!f->active)
+		return 0;
+	now = cmd->now_ns ? cmd->now_ns : now_ns();
+	ret = recovery_sweep(st, now, f->max_ack_delay_ns, f->max_datagram_size, &loss_events, idx, &records);
+	f->swept_ns = now;
+	f->bytes_in_flight = st->bytes_in_flight;
+	f->cwnd = st->cwnd;
+	f->ssthresh = st->ssthresh;
+	f->smoothed_rtt = st->smoothed_rtt;
+	f->min_rtt = st->min_rtt;
+	f->latest_rtt = st->latest_rtt;
+	f->rttvar = st->rttvar;
+	f->sent_packets = st->sent_packets;
+	f->sent_bytes = st->sent_bytes;
+	f->acked_packets = st->acked_packets;
+	f->lost_packets = st->lost_packets;
+	f->evicted = st->evicted;
+	f->largest_sent = st->largest_sent;
+	f->congestion_events = st->congestion_events;
+	f->lost_now = ret & 0xffff;
+	f->pto_due = (ret & SWEEP_PTO_DUE) ? 1 : 0;
+	f->congested = st->congested;
+	f->congestion_onsets = st->congestion_onsets;
 	rs_count(RS_SWEEPS, 1);
 	rs_count(RS_TIME_LOST, ret & 0xffff);
 	rs_count(RS_LOSS_RECORDS, records);
-	rs_count(RS_PTO_DUE, (ret & SWEEP_PTO_DUE) ? 1 : 0);
-	return ret;
+	rs_count(RS_PTO_DUE, f->pto_due);
+	return 1;
 }
 
 /* Keep the sweep command in the object's BTF for the mirror check. */
 const volatile struct recovery_sweep_cmd recovery_sweep_cmd_btf_anchor = {};
+const volatile struct recovery_figures recovery_figures_btf_anchor = {};
 
 char LICENSE[] SEC("license") = "Apache-2.0";

@@ -232,6 +232,14 @@ struct {
 	__uint(max_entries, LOSS_EVENTS_BYTES);
 } loss_events SEC(".maps");
 
+/* conn_index -> the sweep's inputs and its last outputs (struct recovery_figures). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RECOVERY_CONNS_MAX);
+	__type(key, __u32);
+	__type(value, struct recovery_figures);
+} recovery_figures SEC(".maps");
+
 /* The packet's ACK frame, decoded before any state changes (one per CPU). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -170,7 +170,8 @@ struct downstream_conn {
 	__u8 recovery;                     /* 1: kernel recovery (issue 5): every numbered packet enters
 					    * recovery_state[conn_index], largest_acked is read from there,
 					    * forwarded datagram copies get no registration record */
-	__u8 _pad0[1];
+	__u8 prio_auto;                    /* 1 (with recovery): priority_threshold is in force while the
+					    * kernel's window says congested (egress_cfg's hysteresis) */
 	__u16 sport;                       /* relay's client-side UDP port */
 	__u16 dport;                       /* subscriber's UDP port */
 	__u8 src_ip[16];                   /* IPv4 in the first 4 bytes */
@@ -227,6 +228,8 @@ struct reg_event {
 struct egress_config {
 	__u16 port[MAX_RELAY_PORTS];       /* UDP source port of the relay, host order; 0 ends */
 	__u8 dcid_len[EGRESS_MAX_DCID_LENS]; /* lengths to try, 0xff ends */
+	__u8 congestion_high_pct;          /* kernel recovery's drop policy: congested once bytes in flight */
+	__u8 congestion_low_pct;           /* reach high % of cwnd, until they fall below low % */
 };
 
 /* Key of downstream_cids: the subscriber's DCID -> slot (user-space packets carry no mark). */
@@ -349,6 +352,8 @@ struct recovery_state {
 	__u64 sent_packets;
 	__u64 sent_bytes;
 	__u64 congestion_events;
+	__u32 congested;                   /* the egress drop policy's state (hysteresis, prio_auto) */
+	__u32 congestion_onsets;           /* times it went from 0 to 1 */
 	struct sent_pkt ring[RECOVERY_RING];
 };
 
@@ -387,14 +392,41 @@ struct loss_event {
 	__u8 _pad0[2];
 };
 
-/* The packet a user-space test run of recovery_sweep carries after a 14-byte Ethernet header:
- * which connection to sweep (RFC 9002 6.1.2 time threshold, 6.2.1 PTO), and with what. */
+/* The packet user space's test run of recovery_sweep_prog carries after a 14-byte Ethernet header:
+ * sweep this connection (RFC 9002 6.1.2 time threshold, 6.2.1 PTO) if its recovery_figures entry is
+ * active; the results go there too. */
 struct recovery_sweep_cmd {
 	__u64 now_ns;                      /* 0: bpf_ktime_get_ns() */
-	__u64 max_ack_delay_ns;            /* peer's max_ack_delay, for the PTO (RFC 9002 6.2.1) */
 	__u32 conn_index;
-	__u16 max_datagram_size;           /* 0: 1200 */
-	__u8 _pad0[2];
+	__u32 _pad0;
+};
+
+/* Value of recovery_figures (index: conn_index): the sweep's inputs (user space) and, after each sweep,
+ * its outputs: the aggregate record of the connection (issue 5 part 4) read by the drop policy and the
+ * stats without copying the 12 KiB sent-packet ring. */
+struct recovery_figures {
+	__u64 max_ack_delay_ns;            /* in: peer's max_ack_delay, for the PTO (RFC 9000 18.2) */
+	__u32 max_datagram_size;           /* in: 0 = 1200 */
+	__u32 active;                      /* in: 1 = sweep this connection */
+	__u64 swept_ns;                    /* out: when */
+	__u64 bytes_in_flight;             /* out: recounted from the ring */
+	__u64 cwnd;
+	__u64 ssthresh;                    /* ~0 = none yet */
+	__u64 smoothed_rtt;                /* ns; min_rtt ~0 = no sample yet */
+	__u64 min_rtt;
+	__u64 latest_rtt;
+	__u64 rttvar;
+	__u64 sent_packets;
+	__u64 sent_bytes;
+	__u64 acked_packets;
+	__u64 lost_packets;
+	__u64 evicted;
+	__u64 largest_sent;                /* ~0 = none */
+	__u64 congestion_events;
+	__u32 lost_now;                    /* out: declared lost by this sweep's time threshold */
+	__u32 pto_due;                     /* out: 1 = in flight and nothing sent for a PTO */
+	__u32 congested;                   /* out: the egress drop policy's state */
+	__u32 congestion_onsets;
 };
 
 /* Per-CPU scratch of client_ingress: the one ACK frame of a packet, decoded and validated before

@@ -102,6 +102,7 @@ def load_egress(port: int = RELAY_PORT) -> BpfObject:
     cfg = EgressConfig()
     cfg.port[0] = port
     cfg.dcid_len[:] = [8, 0xFF, 0xFF, 0xFF]
+    cfg.congestion_high_pct, cfg.congestion_low_pct = 90, 60  # DropPolicy's defaults
     return BpfObject.load(build_path("client_egress"), rodata={"egress_cfg": cfg})
 
 
@@ -467,3 +468,33 @@ def test_kernel_recovery_without_seeded_state_drops(prog: Egress) -> None:
     prog.maps["downstream_conns"].update(SLOT, conn)
     verdict, _ = run(prog, UP.build(), clone_mark())
     assert verdict == TC_ACT_SHOT and stats(prog) == {E.EG_NO_SUBSCRIBER: 1} and records(prog) == []
+
+
+def test_kernel_recovery_drop_policy_reads_the_kernel_window(prog: Egress) -> None:
+    """prio_auto: P-frames (priority 128 > 127) are dropped while bytes in flight >= 90 % of cwnd, until they fall
+    below 60 % (the load-time hysteresis); I-frames always pass; onsets are counted in the state."""
+    install(prog, SUB4)
+    conn = prog.maps["downstream_conns"].lookup(SLOT)
+    conn.recovery, conn.prio_auto, conn.priority_threshold = 1, 1, 127
+    prog.maps["downstream_conns"].update(SLOT, conn)
+    st = RecoveryState.seeded(1200, next_pn=1000)
+    st.cwnd, st.bytes_in_flight = 10_000, 9_000
+    prog.maps["recovery_state"].update(SLOT, st)
+
+    def send(group: int, priority: int) -> int:
+        return run(prog, replace(UP, group=group, obj=0, priority=priority).build(), clone_mark())[0]
+
+    def set_flight(n: int) -> None:
+        s = prog.maps["recovery_state"].lookup(SLOT)
+        s.bytes_in_flight = n
+        prog.maps["recovery_state"].update(SLOT, s)
+
+    assert send(1, 128) == TC_ACT_SHOT  # 90 %: congested
+    assert send(2, 0) == TC_ACT_OK  # the I-frame of the next group goes
+    set_flight(7_000)  # 70 %: still congested (above the low mark)
+    assert send(3, 128) == TC_ACT_SHOT
+    set_flight(5_000)  # 50 %: clear
+    assert send(4, 128) == TC_ACT_OK
+    s = prog.maps["recovery_state"].lookup(SLOT)
+    assert (s.congested, s.congestion_onsets) == (0, 1)
+    assert stats(prog) == {E.EG_CLONE_SENT: 2, E.EG_PRIORITY_DROP: 2}

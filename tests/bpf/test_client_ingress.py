@@ -26,6 +26,7 @@ from bpf.structs import (
     IngressConfig,
     LossEvent,
     RecoveryConn,
+    RecoveryFigures,
     RecoveryStat,
     RecoveryState,
     RecoverySweepCmd,
@@ -361,9 +362,16 @@ def test_ipv6_ack_is_applied_and_address_learned(conn: Conn) -> None:
 # ---- the sweep: time threshold (RFC 9002 6.1.2), PTO due (6.2.1), bytes-in-flight recount ----
 
 def sweep(c: Conn, at: int, max_ack_delay_ns: int = 25 * MS) -> tuple[int, bool]:
-    cmd = RecoverySweepCmd(now_ns=at, max_ack_delay_ns=max_ack_delay_ns, conn_index=IDX, max_datagram_size=1200)
-    ret = prog_run(c.obj.programs["recovery_sweep_prog"].fd, bytes(14) + bytes(cmd)).retval & 0xFFFFFFFF
-    return ret & 0xFFFF, bool(ret & (1 << 16))
+    """One sweep of IDX; returns what it found (its aggregate record must mirror the state)."""
+    figures = c.obj.maps["recovery_figures"]
+    figures.update(IDX, RecoveryFigures(max_ack_delay_ns=max_ack_delay_ns, max_datagram_size=1200, active=1))
+    cmd = RecoverySweepCmd(now_ns=at, conn_index=IDX)
+    assert prog_run(c.obj.programs["recovery_sweep_prog"].fd, bytes(14) + bytes(cmd)).retval == 1
+    f = figures.lookup(IDX)
+    st = c.state()
+    assert (f.swept_ns, f.bytes_in_flight, f.cwnd, f.lost_packets, f.largest_sent) == (
+        at, st.bytes_in_flight, st.cwnd, st.lost_packets, st.largest_sent)
+    return int(f.lost_now), bool(f.pto_due)
 
 
 def test_sweep_declares_time_threshold_losses(conn: Conn) -> None:
@@ -410,10 +418,12 @@ def test_sweep_before_any_rtt_sample_uses_the_initial_rtt(conn: Conn) -> None:
     assert conn.state().bytes_in_flight == 1000
 
 
-def test_sweep_of_an_unknown_connection_is_refused(obj: BpfObject) -> None:
-    cmd = RecoverySweepCmd(now_ns=T0, conn_index=1 << 20)
-    assert prog_run(obj.programs["recovery_sweep_prog"].fd, bytes(14) + bytes(cmd)).retval & 0xFFFFFFFF == 0xFFFFFFFF
-    assert prog_run(obj.programs["recovery_sweep_prog"].fd, bytes(16)).retval & 0xFFFFFFFF == 0xFFFFFFFF
+def test_sweep_commands_out_of_range_or_inactive(obj: BpfObject) -> None:
+    prog = obj.programs["recovery_sweep_prog"].fd
+    assert prog_run(prog, bytes(14) + bytes(RecoverySweepCmd(now_ns=T0, conn_index=1 << 20))).retval == -1
+    assert prog_run(prog, bytes(16)).retval == -1  # too short for a command
+    obj.maps["recovery_figures"].update(3, RecoveryFigures(active=0))
+    assert prog_run(prog, bytes(14) + bytes(RecoverySweepCmd(now_ns=T0, conn_index=3))).retval == 0
 
 
 def test_an_under_utilized_window_does_not_grow(conn: Conn) -> None:
