@@ -231,7 +231,7 @@ class EgressConfig(Mirror):
     c_name = "egress_config"
     _fields_ = [
         ("port", u16 * MAX_RELAY_PORTS), ("dcid_len", u8 * EGRESS_MAX_DCID_LENS), ("congestion_high_pct", u8),
-        ("congestion_low_pct", u8),
+        ("congestion_low_pct", u8), ("congestion_hold_ms", u8), ("_pad0", u8),
     ]
 
 
@@ -351,7 +351,8 @@ class RecoveryState(Mirror):
         ("recovery_start_ns", u64), ("latest_rtt", u64), ("min_rtt", u64), ("smoothed_rtt", u64), ("rttvar", u64),
         ("ecn_ce", u64), ("last_pass_ns", u64), ("acked_packets", u64), ("acked_bytes", u64),
         ("lost_packets", u64), ("lost_bytes", u64), ("evicted", u64), ("sent_packets", u64), ("sent_bytes", u64),
-        ("congestion_events", u64), ("congested", u32), ("congestion_onsets", u32), ("ring", SentPkt * RECOVERY_RING),
+        ("congestion_events", u64), ("congested", u32), ("congestion_onsets", u32), ("over_since_ns", u64),
+        ("ring", SentPkt * RECOVERY_RING),
     ]
 
     @classmethod

@@ -155,6 +155,7 @@ class KernelFastPath:
         ecfg = EgressConfig()
         ecfg.port[0] = port
         ecfg.congestion_high_pct, ecfg.congestion_low_pct = round(policy.high * 100), round(policy.low * 100)
+        ecfg.congestion_hold_ms = min(255, round(policy.interval * 1000))
         lens = list(PEER_CID_LENS[:EGRESS_MAX_DCID_LENS]) + [0xFF] * EGRESS_MAX_DCID_LENS
         ecfg.dcid_len[:] = lens[:EGRESS_MAX_DCID_LENS]
         assert MAX_RELAY_PORTS >= 1

@@ -411,12 +411,14 @@ static __always_inline int handle_stream_copy(struct __sk_buff *skb, const struc
 }
 
 /* Kernel recovery's drop policy (prio_auto): the connection's own window, NewReno on the subscriber's
- * ACKs (recovery.h), with the hysteresis of relay/drop_policy.py: congested once bytes in flight reach
- * high % of cwnd, until they fall below low %. Plain stores: a race between CPUs only delays a flip. */
+ * ACKs (recovery.h), with the hysteresis of relay/drop_policy.py: congested once bytes in flight stay
+ * at or above high % of cwnd for congestion_hold_ms (a subscriber's late ACK after a scheduling hiccup
+ * is not a congested path: the user-space policy sampled every 20 ms), until they fall below low %.
+ * Plain stores: a race between CPUs only delays a flip. */
 static __always_inline int auto_congested(const struct downstream_conn *conn)
 {
 	struct recovery_state *rs;
-	__u64 in_flight, window;
+	__u64 in_flight, window, now;
 
 	if (!conn->prio_auto || !conn->recovery)
 		return 0;
@@ -429,8 +431,16 @@ static __always_inline int auto_congested(const struct downstream_conn *conn)
 		if (in_flight < window * egress_cfg.congestion_low_pct)
 			rs->congested = 0;
 	} else if (window && in_flight >= window * egress_cfg.congestion_high_pct) {
-		rs->congested = 1;
-		rs->congestion_onsets += 1;
+		now = bpf_ktime_get_ns();
+		if (!rs->over_since_ns) {
+			rs->over_since_ns = now;
+		} else if (now - rs->over_since_ns >= (__u64)egress_cfg.congestion_hold_ms * 1000000) {
+			rs->congested = 1;
+			rs->congestion_onsets += 1;
+			rs->over_since_ns = 0;
+		}
+	} else {
+		rs->over_since_ns = 0;
 	}
 	return rs->congested;
 }

@@ -229,7 +229,9 @@ struct egress_config {
 	__u16 port[MAX_RELAY_PORTS];       /* UDP source port of the relay, host order; 0 ends */
 	__u8 dcid_len[EGRESS_MAX_DCID_LENS]; /* lengths to try, 0xff ends */
 	__u8 congestion_high_pct;          /* kernel recovery's drop policy: congested once bytes in flight */
-	__u8 congestion_low_pct;           /* reach high % of cwnd, until they fall below low % */
+	__u8 congestion_low_pct;           /* reach high % of cwnd (for congestion_hold_ms without a break), */
+	__u8 congestion_hold_ms;           /* until they fall below low % */
+	__u8 _pad0;
 };
 
 /* Key of downstream_cids: the subscriber's DCID -> slot (user-space packets carry no mark). */
@@ -354,6 +356,7 @@ struct recovery_state {
 	__u64 congestion_events;
 	__u32 congested;                   /* the egress drop policy's state (hysteresis, prio_auto) */
 	__u32 congestion_onsets;           /* times it went from 0 to 1 */
+	__u64 over_since_ns;               /* since when bytes in flight are above the high mark; 0 = not */
 	struct sent_pkt ring[RECOVERY_RING];
 };
 

@@ -102,7 +102,7 @@ def load_egress(port: int = RELAY_PORT) -> BpfObject:
     cfg = EgressConfig()
     cfg.port[0] = port
     cfg.dcid_len[:] = [8, 0xFF, 0xFF, 0xFF]
-    cfg.congestion_high_pct, cfg.congestion_low_pct = 90, 60  # DropPolicy's defaults
+    cfg.congestion_high_pct, cfg.congestion_low_pct, cfg.congestion_hold_ms = 90, 60, 0  # 0: no hold in tests
     return BpfObject.load(build_path("client_egress"), rodata={"egress_cfg": cfg})
 
 
@@ -471,8 +471,8 @@ def test_kernel_recovery_without_seeded_state_drops(prog: Egress) -> None:
 
 
 def test_kernel_recovery_drop_policy_reads_the_kernel_window(prog: Egress) -> None:
-    """prio_auto: P-frames (priority 128 > 127) are dropped while bytes in flight >= 90 % of cwnd, until they fall
-    below 60 % (the load-time hysteresis); I-frames always pass; onsets are counted in the state."""
+    """prio_auto: P-frames (priority 128 > 127) are dropped once bytes in flight stayed >= 90 % of cwnd for the hold,
+    until they fall below 60 % (the load-time hysteresis); I-frames always pass; onsets are counted in the state."""
     install(prog, SUB4)
     conn = prog.maps["downstream_conns"].lookup(SLOT)
     conn.recovery, conn.prio_auto, conn.priority_threshold = 1, 1, 127
@@ -489,12 +489,13 @@ def test_kernel_recovery_drop_policy_reads_the_kernel_window(prog: Egress) -> No
         s.bytes_in_flight = n
         prog.maps["recovery_state"].update(SLOT, s)
 
-    assert send(1, 128) == TC_ACT_SHOT  # 90 %: congested
-    assert send(2, 0) == TC_ACT_OK  # the I-frame of the next group goes
+    assert send(1, 128) == TC_ACT_OK  # 90 %: the hold starts (congestion_hold_ms, 0 here)
+    assert send(2, 128) == TC_ACT_SHOT  # still above after the hold: congested
+    assert send(3, 0) == TC_ACT_OK  # the I-frame of the next group goes
     set_flight(7_000)  # 70 %: still congested (above the low mark)
-    assert send(3, 128) == TC_ACT_SHOT
+    assert send(4, 128) == TC_ACT_SHOT
     set_flight(5_000)  # 50 %: clear
-    assert send(4, 128) == TC_ACT_OK
+    assert send(5, 128) == TC_ACT_OK
     s = prog.maps["recovery_state"].lookup(SLOT)
     assert (s.congested, s.congestion_onsets) == (0, 1)
-    assert stats(prog) == {E.EG_CLONE_SENT: 2, E.EG_PRIORITY_DROP: 2}
+    assert stats(prog) == {E.EG_CLONE_SENT: 3, E.EG_PRIORITY_DROP: 2}
