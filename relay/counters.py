@@ -17,7 +17,7 @@ not know (section 9.2), so peers that are not our relays are unaffected.
 from __future__ import annotations
 
 import os
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from relay.moqt import messages as M
@@ -25,6 +25,7 @@ from relay.moqt import messages as M
 RELAY_PATH_PARAMETER = 0x3A0B  # private Version Specific Parameter: relay ids, 8 bytes each
 RELAY_ID_BYTES = 8
 MAX_HOPS = 16
+MAX_ENDED_KEPT = 4096
 
 TrackKey = tuple[M.Namespace, bytes]
 
@@ -74,6 +75,9 @@ class RelayCounters:
     relay_subscribes: Counter[TrackKey] = field(default_factory=Counter)
     #: SUBSCRIBEs refused because they came round a loop (or crossed too many relays)
     loops_refused: int = 0
+    #: final figures of every downstream subscription that ended (relay.stats archives them as they go, so a
+    #: run's per-subscriber accounting can be read after its subscribers left; the newest MAX_ENDED_KEPT)
+    ended_subscriptions: deque[dict[str, object]] = field(default_factory=lambda: deque(maxlen=MAX_ENDED_KEPT))
 
     def count_upstream(self, key: TrackKey) -> int:
         self.upstream_subscribes[key] += 1
@@ -82,6 +86,9 @@ class RelayCounters:
     def count_relay(self, key: TrackKey) -> int:
         self.relay_subscribes[key] += 1
         return self.relay_subscribes[key]
+
+    def subscription_ended(self, entry: dict[str, object]) -> None:
+        self.ended_subscriptions.append(entry)  # the newest MAX_ENDED_KEPT: a long-running relay stays bounded
 
     def snapshot(self) -> dict[str, object]:
         """JSON-ready copy: totals and per-track counts keyed "namespace/track"."""

@@ -240,6 +240,7 @@ class KernelFastPath:
         relay.forwarder.kernel_stream_opened = self._stream_opened
         relay.forwarder.upstream_stream_ended = self._stream_ended
         relay.forwarder.kernel_stream_stopped = self._stream_stopped
+        relay.subscription_counts = self.subscription_counts
 
     def connection_hooks(self, inner: ConnectionHooks) -> ConnectionHooks:
         """The HAL's hooks plus the fast path's (registration before every datagram, exports after)."""
@@ -523,6 +524,21 @@ class KernelFastPath:
                         self._policing.add(slot)
                     else:
                         self._policing.discard(slot)
+
+    def subscription_counts(self, sub: Downstream) -> dict[str, Any] | None:
+        """The kernel's figures for one subscription: its slot's copies and policy drops and, with kernel recovery,
+        the connection's window as the kernel sees it (from the last sweep: no 12 KiB read per stats request)."""
+        out: dict[str, Any] = {}
+        slot = self.hooks.slot_of(sub)
+        st = self.controller.slot_state(slot) if slot is not None else None
+        if st is not None:
+            out.update(slot=slot, kernel_sent=int(st.sent), kernel_priority_drops=int(st.priority_drops),
+                       kernel_group_drops=int(st.group_drops))
+        if self.recovery is not None and self.hooks.enabled(sub.session):
+            f = self.recovery.figures(self.hooks.conn_index(sub.session))
+            if f is not None and f.sent_packets:
+                out.update(recovery="kernel", cwnd=f.cwnd, bytes_in_flight=f.bytes_in_flight, rtt_ms=f.smoothed_rtt_ms)
+        return out or None
 
     def _connection_counters(self) -> dict[str, int]:
         out = vars(self.stats).copy()

@@ -22,7 +22,7 @@ import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from relay import counters as C
 from relay.auth import Action, Authorizer
@@ -79,6 +79,7 @@ class Downstream:
     joined_at: M.Location | None = None
     range_done: bool = False  # an object past end_group arrived: PUBLISH_DONE sent, open streams still finish
     kernel: bool = False  # the kernel fast path sends this subscription's datagrams (relay.fastpath_hooks)
+    datagrams_sent: int = 0  # object datagrams user space sent (the kernel's copies are counted per slot)
 
     def sort_key(self) -> tuple[int, int]:
         return (self.subscriber_priority, self.seq)
@@ -257,6 +258,7 @@ class Forwarder:
         for sub in fanout:
             out = data if sub.alias == ev.track_alias else data[:off] + sub.alias_bytes + data[end:]
             sub.session.send_datagram(out, (sub.subscriber_priority, prio))
+            sub.datagrams_sent += 1
         self.copies_out += len(fanout)
 
     def _datagram_gated(self, track: Track, ev: DatagramReceived, fanout: tuple[Downstream, ...]) -> None:
@@ -275,6 +277,7 @@ class Forwarder:
                 sub.start, opened = None, True
             out = data if sub.alias == ev.track_alias else data[:off] + sub.alias_bytes + data[end:]
             sub.session.send_datagram(out, (sub.subscriber_priority, ev.publisher_priority))
+            sub.datagrams_sent += 1
             self.copies_out += 1
         if opened:
             track.refresh()
@@ -424,6 +427,9 @@ class Relay:
         self.counters = C.RelayCounters()
         self.upstream_fetches = UpstreamFetches()  # FETCHes forwarded upstream on a cache miss (relay.upstream)
         self.relay_id = C.new_relay_id()  # this relay on a RELAY_PATH (loop detection, relay.counters)
+        #: the fast path's figures for one subscription (its slot's sends and drops, the kernel's window with kernel
+        #: recovery), for stats and reports; set by relay.fastpath_runtime.KernelFastPath.install
+        self.subscription_counts: Callable[[Downstream], dict[str, Any] | None] = lambda sub: None
 
     def subscriptions_of(self, session: MoqtSession) -> list[Downstream]:
         """The session's live subscriptions (those already answered with SUBSCRIBE_OK and still forwarding state)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from relay.counters import track_label
-from relay.relay import Relay
+from relay.relay import Downstream, Relay
 
 RUN_DIR = Path(os.environ.get("MOQ_RELAY_RUN_DIR", "/run/moq-relay"))
 
@@ -53,15 +53,7 @@ def snapshot(relay: Relay, providers: Mapping[str, StatsProvider] | None = None)
         for sub in track.subscribers:
             subscribers += 1
             kernel_subscribers += int(sub.kernel)
-            subs.append(
-                {
-                    "request_id": sub.request_id,
-                    "priority": sub.subscriber_priority,
-                    "forward": sub.forward,
-                    "kernel": sub.kernel,
-                    "streams_sent": sub.streams_sent,
-                }
-            )
+            subs.append(subscription_entry(relay, sub))
         tracks.append(
             {
                 "track": track_label(track.key),
@@ -83,6 +75,7 @@ def snapshot(relay: Relay, providers: Mapping[str, StatsProvider] | None = None)
         "user": {"datagrams_in": fwd.datagrams_in, "copies_out": fwd.copies_out},
         "cascade": relay.counters.snapshot(),
         "track_list": sorted(tracks, key=lambda t: str(t["track"])),
+        "ended_subscriptions": list(relay.counters.ended_subscriptions),
         "providers": {},
     }
     for name, provider in (providers or {}).items():
@@ -91,6 +84,53 @@ def snapshot(relay: Relay, providers: Mapping[str, StatsProvider] | None = None)
         except Exception as exc:  # noqa: BLE001 - see docstring
             out["providers"][name] = {"error": f"{type(exc).__name__}: {exc}"}
     return out
+
+
+def subscription_entry(relay: Relay, sub: Downstream) -> dict[str, Any]:
+    """One downstream subscription's figures: what user space sent, what the kernel sent or dropped for it (its
+    slot's record), the session's backlog drops, and the connection's congestion state (the kernel's with kernel
+    recovery, else aioquic's)."""
+    entry: dict[str, Any] = {
+        "request_id": sub.request_id,
+        "priority": sub.subscriber_priority,
+        "forward": sub.forward,
+        "kernel": sub.kernel,
+        "streams_sent": sub.streams_sent,
+        "datagrams_sent": sub.datagrams_sent,
+        "backlog_drops": int(getattr(sub.session, "datagrams_dropped", 0)),  # the session's (one sub per session)
+    }
+    quic: Any = getattr(sub.session, "quic", None)
+    paths = getattr(quic, "_network_paths", None)
+    if paths:
+        entry["peer"] = str(paths[0].addr[0])
+    loss = getattr(quic, "_loss", None)
+    if loss is not None:
+        entry["cwnd"] = int(loss.congestion_window)
+        entry["bytes_in_flight"] = int(loss.bytes_in_flight)
+        if getattr(loss, "_rtt_initialized", False):
+            entry["rtt_ms"] = round(float(loss._rtt_smoothed) * 1000, 2)  # noqa: SLF001 - aioquic keeps it private
+    with contextlib.suppress(Exception):  # a stats reader must never take the relay down
+        entry.update(relay.subscription_counts(sub) or {})
+    return entry
+
+
+class ArchivingHooks:
+    """Wraps the relay's fast-path hooks: a subscription's final figures go to `relay.counters.ended_subscriptions`
+    just before it is removed (while the kernel's slot still names it), so a run can be accounted for after its
+    subscribers left. Everything else passes through unchanged."""
+
+    def __init__(self, inner: Any, relay: Relay) -> None:
+        self.inner_hooks = inner
+        self._relay = relay
+
+    def subscriber_removed(self, track: Any, sub: Downstream) -> None:
+        with contextlib.suppress(Exception):
+            entry = subscription_entry(self._relay, sub)
+            self._relay.counters.subscription_ended({"track": track_label(track.key), **entry})
+        self.inner_hooks.subscriber_removed(track, sub)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner_hooks, name)
 
 
 def default_socket_path(name: str | None = None) -> Path:
@@ -160,6 +200,8 @@ async def start(args: Any, relay: Relay, hal: Any = None,
     say = say or (lambda line: print(line, flush=True))
     from relay import metrics  # noqa: PLC0415 - metrics imports nothing of ours, kept lazy for import cost
 
+    if not isinstance(relay.hooks, ArchivingHooks):
+        relay.hooks = ArchivingHooks(relay.hooks, relay)
     providers: dict[str, StatsProvider] = {}
     if hal is not None and hasattr(hal, "stats"):
         providers["hal"] = FunctionProvider(hal.stats)

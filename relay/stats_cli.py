@@ -57,15 +57,20 @@ def table(snap: dict[str, Any]) -> str:
         for reason, n in (data.get("drops") or {}).items() if isinstance(data.get("drops"), dict) else ():
             lines.append(f"  drop {reason}: {n}")
     lines.append(
-        f"{'track':32} {'req':>5} {'prio':>4} {'fwd':>3} {'path':>6} {'streams':>8} {'cwnd':>8} {'rtt ms':>7}"
+        f"{'track':32} {'peer':>15} {'req':>5} {'prio':>4} {'fwd':>3} {'path':>6} {'streams':>8} {'sent u/k':>13} "
+        f"{'drops p/g/b':>12} {'cwnd':>8} {'flight':>8} {'rtt ms':>7}"
     )
     for t in snap["track_list"]:
         for s in t["subscribers"]:
             cwnd = s.get("cwnd", "-")
+            flight = s.get("bytes_in_flight", "-")
             rtt = s.get("rtt_ms", "-")
+            sent = f"{s.get('datagrams_sent', 0)}/{s.get('kernel_sent', 0)}"
+            drops = f"{s.get('kernel_priority_drops', 0)}/{s.get('kernel_group_drops', 0)}/{s.get('backlog_drops', 0)}"
             lines.append(
-                f"{t['track'][:32]:32} {s['request_id']:>5} {s['priority']:>4} {'y' if s['forward'] else 'n':>3} "
-                f"{'kernel' if s['kernel'] else 'user':>6} {s['streams_sent']:>8} {cwnd!s:>8} {rtt!s:>7}"
+                f"{t['track'][:32]:32} {s.get('peer', '-')[:15]:>15} {s['request_id']:>5} {s['priority']:>4} "
+                f"{'y' if s['forward'] else 'n':>3} {'kernel' if s['kernel'] else 'user':>6} {s['streams_sent']:>8} "
+                f"{sent:>13} {drops:>12} {cwnd!s:>8} {flight!s:>8} {rtt!s:>7}"
             )
     return "\n".join(lines)
 

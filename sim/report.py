@@ -3,7 +3,10 @@
 Why one module: `relay demo` and any later run (bench, sim scenarios) write the same report.json schema, so one
 renderer turns any of them into the page a researcher reads first (docs/observability.md explains it).
 
-report.json schema (every field beyond `published`/`subscribers` optional; what is missing is left out of the page):
+Two shapes: the loopback demo's (below) and the sim demo's (`runs[]`, sim/simdemo.py; rendered by
+`render_sim_html`, explained in docs/demo.md).
+
+report.json schema of the loopback demo (every field beyond `published`/`subscribers` optional; what is missing is left out of the page):
     config: {name: value}                       run parameters as given
     fast_path: "on" | "off" | "both"
     published: {objects, bytes, by_priority: {prio: n}}
@@ -23,6 +26,7 @@ import base64
 import html
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +137,218 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+# ---- `relay demo --hal sim`: report.json with runs[] (sim/simdemo.py), one column of plots per run ----------------
+
+ON_COLORS = ("tab:green", "tab:blue", "tab:olive", "tab:cyan")  # fast path on variants; off is always gray
+
+
+def _run_colors(runs: list[dict[str, Any]]) -> list[str]:
+    on = iter(ON_COLORS * 4)
+    return ["tab:gray" if r.get("fast_path") == "off" else next(on) for r in runs]
+
+
+def _runs(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(report.get("runs") or [])
+
+
+def _label(run: dict[str, Any]) -> str:
+    return str(run.get("label") or run.get("fast_path", "?"))
+
+
+def _nodes(report: dict[str, Any]) -> list[str]:
+    return list(report.get("links") or {})
+
+
+def sim_rows(report: dict[str, Any]) -> list[list[str]]:
+    """The verdict table: per run and subscriber, the relay's own accounting next to what the subscriber got."""
+    head = ["run", "subscriber", "link", "published", "sent (user)", "sent (kernel)", "delivered",
+            "dropped: priority", "rest of group", "backlog", "lost", "I-frames", "decodable", "p50 ms", "p99 ms",
+            "adds up"]
+    out = [head]
+    links = report.get("links") or {}
+    for run in _runs(report):
+        acc = {a["subscriber"]: a for a in run.get("accounting") or []}
+        i_pub = (run.get("published") or {}).get("by_priority", {}).get("0", 0)
+        for node, sub in zip(_nodes(report), run.get("subscribers", []), strict=False):
+            a = acc.get(node, {})
+            drops = a.get("drops") or {}
+            lat = sub.get("latency_ms") or {}
+            out.append([
+                _label(run), node, str(links.get(node, "")), str(a.get("published", "-")),
+                str(a.get("sent_user", "-")), str(a.get("sent_kernel", "-")), str(sub.get("objects", 0)),
+                str(drops.get("priority", "-")), str(drops.get("rest_of_group", "-")), str(drops.get("backlog", "-")),
+                str(a.get("lost", "-")), f"{sub.get('by_priority', {}).get('0', 0)}/{i_pub}",
+                str(sub.get("decodable", "-")), _fmt(lat.get("p50")), _fmt(lat.get("p99")),
+                "-" if not a else "yes" if a.get("consistent") else "NO",
+            ])  # fmt: skip
+    return out
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.2f}" if isinstance(v, (int, float)) else "-"
+
+
+def _short(link: str) -> str:
+    """A link description short enough for a tick label: "unlimited loss=3% down" -> "loss=3%"."""
+    return link.removeprefix("unlimited ").removesuffix(" down").removesuffix(" up") or "unshaped"
+
+
+def _first_sent(run: dict[str, Any], nodes: list[str]) -> float:
+    """The sample time before the first one in which the relay sent objects (0 when none did): plots of
+    different runs then share their origin."""
+    best = None
+    for n in nodes:
+        se = (run.get("series") or {}).get(n) or {}
+        for i, (t, per_s) in enumerate(zip(se.get("t", []), se.get("sent_per_s", []), strict=False)):
+            if per_s > 0:
+                t_prev = se["t"][i - 1] if i else t - 1.0
+                best = t_prev if best is None else min(best, t_prev)
+                break
+    return float(best or 0.0)
+
+
+def _columns(n: int, height: float = 3.6) -> tuple[Any, list[Any]]:
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, height), sharey=True, squeeze=False)
+    return fig, list(axes[0])
+
+
+def sim_plots(report: dict[str, Any]) -> dict[str, str]:
+    """Titled base64 PNGs of a sim demo report; a plot whose data the report lacks is skipped."""
+    runs, nodes = _runs(report), _nodes(report)
+    links = report.get("links") or {}
+    out: dict[str, str] = {}
+    if not runs:
+        return out
+    if any((run.get("series") or {}).get(n, {}).get("t") for run in runs for n in nodes):
+        fig, axes = _columns(len(runs))
+        for ax, run in zip(axes, runs, strict=True):
+            t0 = _first_sent(run, nodes)
+            for n in nodes:
+                se = (run.get("series") or {}).get(n) or {}
+                if se.get("t"):
+                    ax.plot([t - t0 for t in se["t"]], [b / 1e3 for b in se["delivered_bps"]],
+                            label=f"{n} ({links.get(n, '')})")
+            ax.set(title=f"fast path {_label(run)}", xlabel="time since the relay sent its first object (s)")
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("delivered to subscriber (kbit/s, on the wire)")
+        axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        fig.suptitle("Delivered bitrate per subscriber (1 s samples of the switch port towards it)")
+        out["Delivered bitrate per subscriber over time"] = _png(fig)
+    if any(run.get("accounting") for run in runs):
+        reasons = (("priority", "policy: priority", "tab:red"), ("rest_of_group", "policy: rest of group",
+                   "tab:orange"), ("backlog", "user-space backlog", "tab:purple"), ("lost", "lost on the link",
+                   "tab:gray"))  # fmt: skip
+        fig, axes = _columns(len(runs))
+        top = 0
+        for ax, run in zip(axes, runs, strict=True):
+            acc = {a["subscriber"]: a for a in run.get("accounting") or []}
+            bottom = [0] * len(nodes)
+            for key, label, color in reasons:
+                vals = [int((acc.get(n, {}).get("drops") or {}).get(key, 0)) if key != "lost"
+                        else max(0, int(acc.get(n, {}).get("lost", 0))) for n in nodes]
+                ax.bar(nodes, vals, bottom=bottom, label=label, color=color)
+                bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+            top = max([top, *bottom])
+            ax.set(title=f"fast path {_label(run)}", xlabel="subscriber")
+            ax.grid(axis="y", alpha=0.3)
+        axes[0].set_ylim(0, max(1.0, top * 1.08))  # shared: room above the tallest stack
+        axes[0].set_ylabel("objects not delivered")
+        axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        fig.suptitle("Objects not delivered, by reason (relay's counts; lost = sent - delivered)")
+        out["Drops by reason"] = _png(fig)
+    pub_prios = sorted({int(p) for run in runs for p in (run.get("published") or {}).get("by_priority", {})})
+    if pub_prios:
+        fig, axes = _columns(len(runs))
+        width = 0.8 / len(pub_prios)
+        for ax, run in zip(axes, runs, strict=True):
+            pub = (run.get("published") or {}).get("by_priority", {})
+            for j, prio in enumerate(pub_prios):
+                vals = [max(0, int(pub.get(str(prio), 0)) - int(s.get("by_priority", {}).get(str(prio), 0)))
+                        for s in run.get("subscribers", [])]
+                kind = "I-frames" if prio == 0 else "P-frames" if j == len(pub_prios) - 1 else "other"
+                ax.bar([i + j * width for i in range(len(vals))], vals, width, label=f"priority {prio} ({kind})")
+            ax.set_xticks([i + width * (len(pub_prios) - 1) / 2 for i in range(len(nodes))], nodes)
+            ax.set(title=f"fast path {_label(run)}", xlabel="subscriber")
+            ax.grid(axis="y", alpha=0.3)
+        axes[0].set_ylabel("objects published but not delivered")
+        axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        fig.suptitle("Missing objects by publisher priority (0 = most important)")
+        out["Drops by priority"] = _png(fig)
+    if any((s.get("latency_ms") or {}).get("p50") is not None for run in runs for s in run.get("subscribers", [])):
+        fig, ax = plt.subplots(figsize=(max(9.0, 1.3 * len(nodes)), 4))
+        width = 0.8 / len(runs)
+        lows = []
+        for j, (run, color) in enumerate(zip(runs, _run_colors(runs), strict=True)):
+            lat = [s.get("latency_ms") or {} for s in run.get("subscribers", [])]
+            lows += [x["p50"] for x in lat if x.get("p50")]
+            xs = [i + j * width for i in range(len(lat))]
+            ax.bar(xs, [x.get("p50") or 0 for x in lat], width, color=color, label=f"{_label(run)}: p50")
+            ax.scatter(xs, [x.get("p99") or float("nan") for x in lat], marker="_", s=400, color="black",
+                       zorder=3, label="p99" if j == 0 else None)
+        ax.set_xticks([i + width * (len(runs) - 1) / 2 for i in range(len(nodes))],
+                      [f"{n}\n{_short(str(links.get(n, '')))}" for n in nodes], fontsize="small")
+        ax.set_yscale("log")
+        if lows:  # start at a labelled decade below the smallest bar
+            ax.set_ylim(bottom=10 ** math.floor(math.log10(min(lows))))
+        ax.set(ylabel="one-way latency publisher -> subscriber (ms, log)",
+               title="Latency per subscriber: fast path vs user-space path (bars p50, black ticks p99)")
+        ax.legend(fontsize="small")
+        ax.grid(axis="y", alpha=0.3, which="both")
+        out["Latency distribution, fast vs user-space path"] = _png(fig)
+    if any(run.get("accounting") for run in runs):
+        fig, axes = _columns(len(runs), height=3.2)
+        for ax, run in zip(axes, runs, strict=True):
+            acc = {a["subscriber"]: a for a in run.get("accounting") or []}
+            kern = [int(acc.get(n, {}).get("sent_kernel", 0)) for n in nodes]
+            user = [int(acc.get(n, {}).get("sent_user", 0)) for n in nodes]
+            share = [100 * k / (k + u) if k + u else 0.0 for k, u in zip(kern, user, strict=True)]
+            ax.bar(nodes, share, label="kernel (fast path)", color="tab:green")
+            ax.bar(nodes, [100 - x if k + u else 0 for x, k, u in zip(share, kern, user, strict=True)],
+                   bottom=share, label="user space", color="tab:gray")
+            ax.set(title=f"fast path {_label(run)}", xlabel="subscriber", ylim=(0, 100))
+        axes[0].set_ylabel("share of copies sent (%)")
+        axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        fig.suptitle("Who sent each subscriber's copies: kernel vs user space")
+        out["Kernel / user share"] = _png(fig)
+    return out
+
+
+def _html_table(rows: list[list[str]]) -> str:
+    return "<table>" + "".join(
+        "<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{html.escape(c)}</{'th' if i == 0 else 'td'}>" for c in r) + "</tr>"
+        for i, r in enumerate(rows)
+    ) + "</table>"  # fmt: skip
+
+
+def render_sim_html(report: dict[str, Any]) -> str:
+    """The page of a `relay demo --hal sim` report (docs/demo.md explains how to read it)."""
+    summaries = {_label(r): r.get("summary", {}) for r in _runs(report)}
+    if "comparison" in report:
+        summaries["comparison"] = report["comparison"]
+    figs = "".join(
+        f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='data:image/png;base64,{b}'>"
+        for t, b in sim_plots(report).items()
+    )
+    runs = ", ".join(f"{_label(r)}" + (f" ({' '.join(r.get('relay_args') or [])})" if r.get("relay_args") else "")
+                     for r in _runs(report))
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>moq relay demo report</title><style>"
+        "body{font-family:sans-serif;max-width:1150px;margin:auto}table{border-collapse:collapse;font-size:small}"
+        "td,th{border:1px solid #aaa;padding:2px 6px;text-align:right}img{max-width:100%}</style></head><body>"
+        f"<h1>relay demo --hal sim</h1><p>runs (fast path): {html.escape(runs)}</p>"
+        f"<h2>Verdict</h2>{_html_table(sim_rows(report))}"
+        "<p>Per subscriber, from the relay's own counts: published = delivered + dropped by policy + lost, where "
+        "sent = sent by user space + sent by the kernel and lost = sent - delivered. <b>adds up</b> must say yes. "
+        "How to read this page: docs/demo.md.</p>"
+        f"{figs}<h2>Summary per run</h2><pre>{html.escape(json.dumps(summaries, indent=1))}</pre>"
+        f"<h2>Run parameters</h2><pre>{html.escape(json.dumps(report.get('config', {}), indent=1))}</pre>"
+        "</body></html>"
+    )
+
+
 def render_html(report: dict[str, Any]) -> str:
+    if "runs" in report:
+        return render_sim_html(report)
     rows = verdict_rows(report)
     table = "<table>" + "".join(
         "<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{html.escape(c)}</{'th' if i == 0 else 'td'}>" for c in r) + "</tr>"

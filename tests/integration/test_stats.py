@@ -34,6 +34,10 @@ def test_snapshot_stats_command_and_metrics_count_a_publisher_and_two_subscriber
     require(have_relay(), RELAY_MISSING)
     sock = tmp_path / "relay.sock"
     with running_relay(tmp_path / "r", extra=["--stats-socket", str(sock), "--metrics", "127.0.0.1:0"]) as relay:
+        # printed just after the readiness lines: read on until both came (at once was flaky under load)
+        deadline = time.monotonic() + 15
+        while not ("stats socket: " in relay.log() and "metrics: " in relay.log()) and time.monotonic() < deadline:
+            relay.reader.wait_for("stats socket: ", 0.2)  # reads whatever arrives into the log
         metrics_line = re.search(r"metrics: (http://\S+)", relay.log())
         assert metrics_line and f"stats socket: {sock}" in relay.log(), relay.log()
         assert stat.S_IMODE(sock.stat().st_mode) == 0o600

@@ -1,12 +1,15 @@
-"""`relay demo --hal sim --fast-path both`: the user-facing demo on the simulated network, both paths, one report."""
+"""`relay demo --hal sim --fast-path both`: the user-facing demo on the simulated network, both paths, one report
+(report.json checked against the relay's own per-subscriber counts, report.html with its plots)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +30,9 @@ def test_sim_demo_compares_both_paths_and_cleans_up(tmp_path: Path) -> None:
     assert prefix is not None, out.stdout
     assert leftovers(prefix.group(1)) == []
     report = json.loads((tmp_path / "report.json").read_text())
+    check_relay_accounting(report)
+    check_html(tmp_path)
+    assert f"report: {tmp_path / 'report.html'}" in out.stdout
     on, off = report["runs"]
     assert (on["fast_path"], off["fast_path"]) == ("on", "off")
     assert set(report["links"]) == {"sub0", "sub1", "sub2"} and report["links"]["sub2"] == "unshaped"
@@ -39,3 +45,38 @@ def test_sim_demo_compares_both_paths_and_cleans_up(tmp_path: Path) -> None:
     assert on["summary"]["kernel_copies"] >= 2 * 90 and off["summary"]["kernel_copies"] == 0
     assert "relay_cost_ratio_off_to_on" in report["comparison"]
     assert "fast path on:" in out.stdout and "fast path off:" in out.stdout
+    # the live view's log form (stdout is not a terminal here): delivered kbit/s per subscriber, the kernel's share
+    assert re.search(r"kbit/s sub0=\d+ sub1=\d+ sub2=\d+; kernel share", out.stdout), out.stdout
+
+
+def check_relay_accounting(report: dict[str, Any]) -> None:
+    """published = delivered + dropped by policy + lost per subscriber, from the relay's own counts (its stats
+    socket's archive of ended subscriptions), not the subscriber's."""
+    for run in report["runs"]:
+        published = run["published"]["objects"]
+        assert set(run["relay_subscribers"]) == set(report["links"]), run["relay_subscribers"]
+        for row in run["accounting"]:
+            assert row["relay_counts"], row
+            sent = row["sent_user"] + row["sent_kernel"]
+            assert published == sent + row["dropped_by_policy"], row  # the relay accounts for every object
+            assert 0 <= row["delivered"] <= sent and row["lost"] == sent - row["delivered"], row
+            assert row["consistent"], row
+        by_node = {row["subscriber"]: row for row in run["accounting"]}
+        unshaped = by_node["sub2"]
+        assert (unshaped["delivered"], unshaped["dropped_by_policy"], unshaped["lost"]) == (published, 0, 0)
+        if run["fast_path"] == "on":  # every copy from the kernel once the subscription is enabled
+            assert unshaped["sent_kernel"] >= 0.9 * published, unshaped
+        else:
+            assert all(r["sent_kernel"] == 0 and r["drops"]["priority"] == 0 for r in run["accounting"])
+            assert unshaped["sent_user"] == published
+        for node in report["links"]:
+            series = run["series"][node]
+            assert len(series["t"]) == len(series["delivered_bps"]) >= 3
+        assert max(run["series"]["sub2"]["delivered_bps"]) > 100_000  # ~260 kbit/s stream, 1 s samples
+
+
+def check_html(out_dir: Path) -> None:
+    page = (out_dir / "report.html").read_text()
+    images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    assert len(images) == 5 and all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in images)
+    assert "src='http" not in page and ">sub2<" in page and ">NO<" not in page

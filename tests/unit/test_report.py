@@ -56,6 +56,63 @@ def test_missing_series_leave_plots_out_not_errors(tmp_path: Path) -> None:
     assert set(R.plots(rep)) == {"Drops by priority", "Kernel / user share"}
 
 
+def sim_sample() -> dict[str, Any]:
+    """A `relay demo --hal sim` report (runs[]) as sim/simdemo.py writes it, two subscribers, both paths."""
+    links = {"sub0": "150kbit down", "sub1": "unshaped"}
+    runs = []
+    for fast, kernel in (("on", True), ("off", False)):
+        relay_subs = {
+            "sub0": {"peer": "198.19.0.1", "datagrams_sent": 0 if kernel else 300, "backlog_drops": 0 if kernel else 10,
+                     "kernel_sent": 200 if kernel else 0, "kernel_priority_drops": 30 if kernel else 0,
+                     "kernel_group_drops": 70 if kernel else 0},
+            "sub1": {"peer": "198.19.0.2", "datagrams_sent": 0 if kernel else 300, "backlog_drops": 0,
+                     "kernel_sent": 300 if kernel else 0},
+        }
+        subs = [{"objects": 195 if kernel else 250, "by_priority": {"0": 10, "128": 185 if kernel else 240},
+                 "latency_ms": {"p50": 80.0, "p99": 300.0}},
+                {"objects": 300, "by_priority": {"0": 10, "128": 290}, "latency_ms": {"p50": 0.8, "p99": 2.0}}]
+        series = {n: {"t": [0.0, 1.0, 2.0], "delivered_bps": [0, 150_000, 150_000], "sent_per_s": [0, 30, 30]}
+                  for n in links}
+        runs.append({"fast_path": fast, "label": fast, "published": {"objects": 300, "by_priority": {"0": 10,
+                     "128": 290}}, "subscribers": subs, "relay_subscribers": relay_subs, "series": series,
+                     "summary": {"relay_us_per_copy": 10.0}})  # fmt: skip
+    return {"config": {}, "links": links, "runs": runs}
+
+
+def test_sim_accounting_uses_the_relays_counts_and_flags_what_does_not_add_up() -> None:
+    from sim.simdemo import accounting
+
+    rep = sim_sample()
+    on, off = (accounting(run, list(rep["links"])) for run in rep["runs"])
+    assert [(r["sent_kernel"], r["dropped_by_policy"], r["lost"], r["consistent"]) for r in on] == [
+        (200, 100, 5, True), (300, 0, 0, True)]  # fmt: skip
+    # user space: a backlog drop discards a datagram already counted as sent
+    assert [(r["sent_user"], r["drops"]["backlog"], r["lost"], r["consistent"]) for r in off] == [
+        (290, 10, 40, True), (300, 0, 0, True)]  # fmt: skip
+    rep["runs"][0]["relay_subscribers"]["sub1"]["kernel_sent"] = 299  # the relay lost track of one object
+    assert not accounting(rep["runs"][0], list(rep["links"]))[1]["consistent"]
+    del rep["runs"][0]["relay_subscribers"]["sub0"]  # no relay counts: never "consistent"
+    assert accounting(rep["runs"][0], list(rep["links"]))[0] == {
+        "subscriber": "sub0", "published": 300, "delivered": 195, "relay_counts": False, "consistent": False}
+
+
+def test_sim_report_page_has_five_plots_and_the_verdict_per_run(tmp_path: Path) -> None:
+    from sim.simdemo import accounting
+
+    rep = sim_sample()
+    for run in rep["runs"]:
+        run["accounting"] = accounting(run, list(rep["links"]))
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(rep))
+    page = R.write(path).read_text()
+    images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    assert len(images) == 5 and all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in images)
+    rows = R.sim_rows(rep)
+    assert len(rows) == 1 + 2 * 2 and rows[1][:7] == ["on", "sub0", "150kbit down", "300", "0", "200", "195"]
+    assert [r[-1] for r in rows[1:]] == ["yes"] * 4 and ">NO<" not in page
+    assert set(R.sim_plots({"links": {"sub0": "x"}, "runs": [{"subscribers": [{"objects": 1}]}]})) == set()
+
+
 def test_stale_stats_sockets_of_dead_relays_are_swept(tmp_path: Path) -> None:
     from relay.stats import sweep_stale_sockets
 
