@@ -185,6 +185,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "(root), one node per subscriber, sub0 behind a constrained link, sub1 behind a lossy one")
     parser.add_argument("--fast-path", choices=["on", "off", "both"], default="both",
                         help="with --hal sim: the kernel fast path on, off, or both one after the other (default)")
+    parser.add_argument("--recovery", choices=["kernel", "user", "both"], default="both",
+                        help="with the fast path on: who handles the subscribers' ACKs of kernel copies "
+                        "(docs/kernel-recovery.md): kernel, user (the thesis design), or both one after the other "
+                        "(default)")
     parser.add_argument("--nic-engine", choices=["user", "tc"], default="user",
                         help="with --hal sim: the NIC's crypto engine (docs/tc-crypto-engine.md; default user)")
     parser.add_argument("--subscribers", type=int, default=None,
@@ -211,8 +215,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ["RELAY_NIC_ENGINE"] = args.nic_engine  # hal/sim.py's --nic-engine default in the relays started
 
         print(f"demo: sim, 1 publisher -> {cfg.subscribers} subscribers, {cfg.mode}, {cfg.duration:.0f} s, "
-              f"fast path {args.fast_path}")
-        return main_sim(cfg, args.fast_path)
+              f"fast path {args.fast_path}, recovery {args.recovery}")
+        return main_sim(cfg, args.fast_path, args.recovery)
     env_note = "" if os.geteuid() == 0 else " (not root: only the loopback demo can run)"
     print(f"demo: 1 publisher -> {cfg.subscribers} subscribers, {cfg.mode}, {cfg.duration:.0f} s{env_note}")
     report = run_demo(cfg)

@@ -1,4 +1,5 @@
-"""`relay demo --hal sim --fast-path both`: the user-facing demo on the simulated network, both paths, one report
+"""`relay demo --hal sim --fast-path both`: the user-facing demo on the simulated network, both paths (the fast path
+with both recovery designs), one report
 (report.json checked against the relay's own per-subscriber counts, report.html with its plots)."""
 
 from __future__ import annotations
@@ -33,18 +34,22 @@ def test_sim_demo_compares_both_paths_and_cleans_up(tmp_path: Path) -> None:
     check_relay_accounting(report)
     check_html(tmp_path)
     assert f"report: {tmp_path / 'report.html'}" in out.stdout
-    on, off = report["runs"]
-    assert (on["fast_path"], off["fast_path"]) == ("on", "off")
+    kernel, user, off = report["runs"]
+    assert [r["label"] for r in report["runs"]] == ["on/kernel", "on/user", "off"]
+    assert kernel["relay_args"] == ["--recovery", "kernel"] and user["relay_args"] == ["--recovery", "user"]
     assert set(report["links"]) == {"sub0", "sub1", "sub2"} and report["links"]["sub2"] == "unshaped"
-    for run in (on, off):
+    for run in (kernel, user, off):
         published = run["published"]["objects"]
         assert published == 90
         assert run["subscribers"][2]["objects"] == published  # the unshaped one gets everything
         for sub in run["subscribers"]:
             assert sub["objects"] <= published and not sub.get("duplicates")
-    assert on["summary"]["kernel_copies"] >= 2 * 90 and off["summary"]["kernel_copies"] == 0
-    assert "relay_cost_ratio_off_to_on" in report["comparison"]
-    assert "fast path on:" in out.stdout and "fast path off:" in out.stdout
+    for on in (kernel, user):
+        assert on["summary"]["kernel_copies"] >= 2 * 90
+    assert off["summary"]["kernel_copies"] == 0
+    assert set(report["comparison"]["relay_cost_ratio_off_to"]) == {"on/kernel", "on/user"}
+    for label in ("on/kernel", "on/user", "off"):
+        assert f"fast path {label}:" in out.stdout
     # the live view's log form (stdout is not a terminal here): delivered kbit/s per subscriber, the kernel's share
     assert re.search(r"kbit/s sub0=\d+ sub1=\d+ sub2=\d+; kernel share", out.stdout), out.stdout
 
