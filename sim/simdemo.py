@@ -133,8 +133,10 @@ def accounting(run: dict[str, Any], nodes: list[str]) -> list[dict[str, Any]]:
 def program_seconds(relay_pid: int) -> float:
     """Run time so far of the relay's pinned fast-path programs (kernel.bpf_stats_enabled=1), 0 without pins."""
     total = 0
-    # client_ingress: --recovery kernel (recovery_sweep_prog runs in the relay's own syscalls: already in its CPU)
-    for name in ("server_ingress", "client_egress", "client_ingress"):
+    # Not client_egress: for a clone it runs inside server_ingress (bpf_clone_redirect transmits synchronously, and
+    # bpf_stats times the whole run), and for a user-space packet inside the relay's own sendmsg (already in its CPU
+    # time). client_ingress: --recovery kernel (recovery_sweep_prog runs in the relay's syscalls: in its CPU too).
+    for name in ("server_ingress", "client_ingress"):
         pin = Path(f"/sys/fs/bpf/moq-relay-{relay_pid}/{name}")
         if pin.exists():
             out = subprocess.run(["bpftool", "-j", "prog", "show", "pinned", str(pin)], capture_output=True,

@@ -231,8 +231,10 @@ def leftovers(prefix: str) -> list[str]:
 def program_run_ns(relay_pid: int) -> int:
     """Run time of the relay's pinned fast-path programs so far (kernel.bpf_stats_enabled must be 1)."""
     total = 0
-    # client_ingress: --recovery kernel (recovery_sweep_prog runs in the relay's own syscalls: already in its CPU)
-    for name in ("server_ingress", "client_egress", "client_ingress"):
+    # Not client_egress: for a clone it runs inside server_ingress (bpf_clone_redirect transmits synchronously, and
+    # bpf_stats times the whole run), and for a user-space packet inside the relay's own sendmsg (already in its CPU
+    # time). client_ingress: --recovery kernel (recovery_sweep_prog runs in the relay's syscalls: in its CPU too).
+    for name in ("server_ingress", "client_ingress"):
         pin = Path(f"/sys/fs/bpf/moq-relay-{relay_pid}/{name}")
         if pin.exists():
             out = subprocess.run(["bpftool", "-j", "prog", "show", "pinned", str(pin)], capture_output=True,
