@@ -13,8 +13,10 @@ import contextlib
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -43,6 +45,9 @@ class SimHal:
         self.engine: subprocess.Popen[str] | None = None
         self.installer: RemoteKeyInstaller | None = None
         self.control_path = str(state_dir() / f"{prefix}.nic.sock")
+        self.engine_failed: str | None = None  # why the engine died under the relay (None: it did not)
+        self._stopping = False
+        self._old_sigchld: Any = None
 
     def capabilities(self) -> HalCapabilities:
         caps = self.installer.capabilities() if self.installer else None
@@ -102,6 +107,29 @@ class SimHal:
         else:
             raise HalError(f"the NIC engine did not become ready within {ENGINE_READY_TIMEOUT:.0f} s")
         self.installer = RemoteKeyInstaller(self.control_path)
+        self._watch_engine()
+
+    def _watch_engine(self) -> None:
+        """Issue #10: if the engine process dies, no 1-RTT packet can be protected any more (the NIC namespace does
+        not bridge in engine mode, so nothing leaves in plaintext, but every session would hang until its idle
+        timeout). The engine is our child: on its SIGCHLD, say so on stderr and SIGTERM ourselves, so the relay
+        stops through its normal path (GOAWAY, detach, unpin, teardown). A handler, not a thread: a thread made
+        before the capability drop would stay privileged (relay/privilege.py)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._old_sigchld = signal.getsignal(signal.SIGCHLD)
+
+        def chld(signum: int, frame: Any) -> None:
+            engine = self.engine
+            if engine is not None and not self._stopping and self.engine_failed is None and engine.poll() is not None:
+                self.engine_failed = (f"the NIC engine (pid {engine.pid}) exited with status {engine.returncode}: "
+                                      f"no packet can be protected any more; stopping the relay")
+                print(f"relay: error: {self.engine_failed}", file=sys.stderr, flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)
+            if callable(self._old_sigchld):
+                self._old_sigchld(signum, frame)
+
+        signal.signal(signal.SIGCHLD, chld)
 
     def ports(self) -> list[Port]:
         if self.topology is None:
@@ -144,6 +172,7 @@ class SimHal:
                 f"  {exe} sim exec --prefix {self.prefix} {sub} -- {exe} sub {media}")
 
     def teardown(self) -> None:
+        self._stopping = True  # our own stop of the engine below is not a failure
         if self.installer is not None:
             self.installer.close()
             self.installer = None

@@ -43,6 +43,7 @@ from bpf.structs import (
 )
 
 SLOT_MAX = 4096  # DOWNSTREAM_CONNS_MAX in bpf/src/maps.h (a slot also fits the 16-bit mark field)
+RECOVERY_CONNS_MAX = 1024  # RECOVERY_CONNS_MAX in bpf/src/maps.h: connection indexes with kernel recovery state
 
 
 class MapLike(Protocol):

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from relay.fastpath import SLOT_MAX, Addresses, FastPathController, FastPathFull
+from relay.fastpath import RECOVERY_CONNS_MAX, SLOT_MAX, Addresses, FastPathController, FastPathFull
 from relay.moqt.session import MoqtSession
 from relay.relay import Downstream, Track
 
@@ -175,6 +175,27 @@ class KernelFastPathHooks:
         sub.kernel = True
         track.refresh()
 
+    def abandon(self) -> list[tuple[MoqtSession, int]]:
+        """Part of our programs was detached under us (relay.fastpath_watchdog): every subscription goes back to user
+        space and leaves the maps (no more copies), every connection leaves renumbering (its CID entry goes), and no
+        new subscription joins. Returns the enabled connections (session, connection index): the caller hands their
+        numbering back to aioquic."""
+        assert self.controller is not None
+        for sub in sorted(self._slot_of, key=lambda s: self._slot_of[s]):
+            track = sub.track
+            self._remove_slot(sub)
+            ft = self._tracks.get(track)
+            if ft is not None and not ft.slots:
+                self._drop_track(track)
+        conns = [(session, c.conn_index) for session, c in self._conns.items()]
+        for c in self._conns.values():
+            self.controller.disable_connection(c.conn_slot)
+            c.path.unbind(c.conn_slot)
+            c.path.released()
+        self._conns.clear()
+        self.controller = None  # no new kernel subscription from now on
+        return conns
+
     def subscriber_removed(self, track: Track, sub: Downstream) -> None:
         if self.controller is None:
             return
@@ -224,6 +245,9 @@ class KernelFastPathHooks:
             self.full += 1
             return None
         conn = _Conn(conn_index=self._free_indexes.pop(), conn_slot=self._free_slots.pop(), path=path)
+        if path.recovery_mds is not None and conn.conn_index >= RECOVERY_CONNS_MAX:
+            # no kernel recovery state for this index (maps.h): this connection's copies are registered instead
+            path = conn.path = replace(path, recovery_mds=None, auto_drop_above=None)
         try:
             self.controller.enable_connection(
                 conn.conn_slot, path.addresses, path.dcid, path.next_pn(), conn.conn_index, path.key_phase,

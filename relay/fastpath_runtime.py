@@ -49,8 +49,9 @@ from crypto_offload.aioquic_offload import OffloadedQuicConnection, OneRttKeys
 from crypto_offload.api import Direction as KeyDirection
 from relay.cache import datagram_location
 from relay.drop_policy import DropPolicy
-from relay.fastpath import Addresses, FastPathController
+from relay.fastpath import RECOVERY_CONNS_MAX, Addresses, FastPathController
 from relay.fastpath_hooks import DownstreamPath, KernelFastPathHooks
+from relay.fastpath_watchdog import CHECK_INTERVAL, FilterWatchdog
 from relay.ingress_classifier import CompositeHooks, IngressClassifier
 from relay.kernel_recovery import (
     DEFAULT_PASS_INTERVAL_MS,
@@ -61,7 +62,7 @@ from relay.kernel_recovery import (
 )
 from relay.moqt.session import MoqtSession
 from relay.quic import ConnectionHooks, MoqtConnection
-from relay.registration import Registrar, enable
+from relay.registration import Registrar, enable, hand_back
 from relay.relay import Downstream, Relay, Track
 from relay.stream_copies import KernelStreams
 
@@ -85,6 +86,7 @@ class FastPathStats:
     refused_connections: int = 0  # offloaded connections that could not be enabled (no TX offload, no neighbour)
     drains: int = 0
     congestion_onsets: int = 0  # times a connection entered the congested state (drop threshold set)
+    fallen_back: int = 0  # 1: our TC filters were removed and every subscription went back to user space
 
 
 @dataclass
@@ -101,6 +103,7 @@ class KernelFastPath:
     policy: DropPolicy = field(default_factory=DropPolicy)
     classifier: IngressClassifier | None = None  # XDP: drops objects of tracks nobody subscribed to
     recovery: KernelRecovery | None = None  # `--recovery kernel`; None: every copy is registered in aioquic
+    watchdog: FilterWatchdog | None = None  # our TC filters still attached? (someone may `tc filter del` them)
     controller: FastPathController = field(init=False)
     streams: KernelStreams = field(init=False)
     hooks: KernelFastPathHooks = field(init=False)
@@ -200,6 +203,14 @@ class KernelFastPath:
         self._loop = loop
         self._ring = self.egress.ring_buffer("reg_events", self.registrar.on_record, RegEvent)
         loop.add_reader(self._ring.epoll_fd, self.drain)
+        filters = self.filters + ([self.recovery.filter] if self.recovery is not None else [])
+        # the check runs in a worker thread (pyroute2's synchronous netlink calls cannot run inside this loop); the
+        # fallback itself runs here, on the loop's thread, like everything else that touches aioquic
+        def lost(missing: list[TcFilter]) -> None:
+            loop.call_soon_threadsafe(self._filters_lost, missing)
+
+        self.watchdog = FilterWatchdog(filters, on_lost=lost)
+        self._tasks.add(loop.create_task(self._watch_filters(self.watchdog)))
         if self.recovery is not None:  # the egress program applies the policy from the kernel's window
             self._tasks.add(loop.create_task(self._every(DEFAULT_SWEEP_INTERVAL, self.sweep_recovery)))
         elif self.policy.drop_above is not None:
@@ -334,8 +345,9 @@ class KernelFastPath:
             enable(quic)
             quic.offload_pn_source = lambda: controller.next_pn(hooks.conn_index(session))
             self.stats.enabled_connections += 1
-            if self.recovery is not None:
-                self.recovery.enable(hooks.conn_index(session), quic, (c.cid for c in quic._host_cids))
+            index = hooks.conn_index(session)
+            if self.recovery is not None and index < RECOVERY_CONNS_MAX:
+                self.recovery.enable(index, quic, (c.cid for c in quic._host_cids))
 
         send = quic._cryptos[Epoch.ONE_RTT].send
         return DownstreamPath(
@@ -493,6 +505,35 @@ class KernelFastPath:
             except Exception:  # a bug in a sweep must not stop forwarding
                 log.exception("periodic fast-path job %s failed", getattr(job, "__name__", job))
 
+    @staticmethod
+    async def _watch_filters(watchdog: FilterWatchdog) -> None:
+        loop = asyncio.get_running_loop()
+        while not watchdog.fallen_back:
+            await asyncio.sleep(CHECK_INTERVAL)
+            try:
+                await loop.run_in_executor(None, watchdog.check)
+            except Exception:  # a bug in the check must not stop forwarding
+                log.exception("fast path watchdog failed")
+
+    def _filters_lost(self, missing: list[TcFilter]) -> None:
+        """Someone removed one of our filters (relay.fastpath_watchdog): a half path must not run (copies without
+        their rewrite, user packets without their renumbering). In this synchronous step every subscription leaves
+        the maps and goes back to user space, every connection leaves renumbering and its numbering goes back to
+        aioquic, continuing after the program's last PN; then the remaining filters are detached (netlink, in a
+        worker thread)."""
+        self.drain()  # what the programs reported before they went
+        for session, index in self.hooks.abandon():
+            conn = self._conns.get(session)
+            if conn is not None:
+                hand_back(conn._quic, self.controller.next_pn(index))
+                conn.transmit()  # the stranded frames, renumbered by aioquic now
+        for task in self._tasks:
+            task.cancel()  # the recovery sweep, the policy and the watchdog have nothing left to do
+        self.stats.fallen_back = 1
+        rest = [f for f in self.filters + ([self.recovery.filter] if self.recovery is not None else [])
+                if f not in missing]
+        asyncio.get_running_loop().run_in_executor(None, _detach, rest)
+
     def sweep_recovery(self) -> None:
         """Kernel recovery's timers (relay.kernel_recovery); probes it queued in aioquic leave now."""
         assert self.recovery is not None
@@ -540,8 +581,10 @@ class KernelFastPath:
                 out.update(recovery="kernel", cwnd=f.cwnd, bytes_in_flight=f.bytes_in_flight, rtt_ms=f.smoothed_rtt_ms)
         return out or None
 
-    def _connection_counters(self) -> dict[str, int]:
-        out = vars(self.stats).copy()
+    def _connection_counters(self) -> dict[str, Any]:
+        out: dict[str, Any] = vars(self.stats).copy()
+        if self.watchdog is not None:
+            out.update(self.watchdog.counters())
         if self.recovery is not None:  # onsets of the egress program's policy
             out["congestion_onsets"] += self.recovery.stats.congestion_onsets
         return out
@@ -596,6 +639,14 @@ class OffloadObserver:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+def _detach(filters: list[TcFilter]) -> None:
+    for f in filters:
+        try:
+            f.detach()
+        except Exception as exc:  # logged: stop() tries again
+            log.warning("fast path: detaching %s failed: %s", f.name, exc)
 
 
 def _undo(filters: list[TcFilter], objs: list[BpfObject], pins: PinDir) -> None:

@@ -21,6 +21,7 @@ before an existing key. Call `drain` before feeding any datagram of a subscriber
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,6 +83,20 @@ def enable(conn: QuicConnection) -> int:
         raise ValueError("connection already enabled")
     conn._packet_number = USER_PN_BASE
     return seed
+
+
+def hand_back(conn: QuicConnection, next_pn: int, skip: int = 64) -> None:
+    """The program no longer numbers this connection (its filters are gone): aioquic numbers again, continuing
+    ``skip`` past the program's counter (a copy may still be in the device's queue). Its packets that never got a
+    program PN left with aioquic's placeholder numbers, which the subscriber cannot decode: declared lost now, so
+    their frames are sent again (their bytes would otherwise stay in flight for ever, above every acknowledged PN)."""
+    conn._packet_number = next_pn + skip
+    if hasattr(conn, "offload_pn_source"):
+        conn.offload_pn_source = None
+    space = conn._spaces[Epoch.ONE_RTT]
+    stranded = [p for pn, p in space.sent_packets.items() if pn >= USER_PN_BASE]
+    if stranded:  # not a congestion signal: only out of flight, their frames queued again (aioquic's loop clock)
+        conn._loss._on_packets_lost(packets=stranded, space=space, now=time.monotonic(), congestion_event=False)
 
 
 def _sort_in_place(history: dict[int, QuicSentPacket]) -> None:

@@ -245,7 +245,9 @@ def run(args: argparse.Namespace) -> int:
                 return _fail(error)
             try:
                 with contextlib.suppress(KeyboardInterrupt):
-                    return asyncio.run(_serve(args, host, port, hal, fast))
+                    rc = asyncio.run(_serve(args, host, port, hal, fast))
+                    # the HAL stopped us because its NIC engine died (hal/sim.py): a failure, not a clean stop
+                    return 1 if getattr(hal, "engine_failed", None) else rc
             finally:
                 if fast is not None:
                     # one line scripts and tests parse: what the kernel did during this run

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ from typing import Any
 import pytest
 
 from sim.links import LinkShape
+from sim.topology import NODE_IF
 from tests.integration.relay_process import relay_env
-from tests.sim.simrelay import RoundResult, SimWorld, pubsub_round, sim_world
+from tests.sim.simrelay import START_DELAY, RoundResult, SimWorld, pubsub_round, sim_world
 from tests.support import have_root, have_tool, require
 
 pytestmark = [pytest.mark.sim, pytest.mark.root, pytest.mark.bpf]
@@ -224,3 +226,31 @@ def test_classifier_drops_objects_of_unsubscribed_tracks_before_the_relay(world:
     assert clf["ST_UNKNOWN_TRACK"] >= 10, " ".join(f"{k}={v}" for k, v in clf.items() if v)
     assert c["ingress"]["ST_UNKNOWN_TRACK"] == 0, c["ingress"]
     assert clf["ST_ELIGIBLE"] >= result.published["objects"]  # the subscribed track passed
+
+
+@pytest.mark.parametrize(("hook", "prio", "name"), [("ingress", 2, "server_ingress"), ("egress", 1, "client_egress")])
+def test_filters_removed_under_the_relay_fall_back_to_user_space(world: SimWorld, tmp_path: Path, hook: str,
+                                                                 prio: int, name: str) -> None:
+    """Someone deletes one of the relay's TC filters mid-stream: within a second the watchdog notices, the rest of
+    the kernel path is detached (a half path must not run), every subscription is served from user space and each
+    connection's numbering goes back to aioquic; the sessions survive. Without server_ingress nothing is cloned, so
+    user space serves every object even before the fallback; without client_egress the copies of up to a second
+    are lost (unrewritten) and user packets leave unrenumbered until the fallback."""
+    world.ensure_relay(fast("kernel"))
+    delete = threading.Timer(START_DELAY + 1.5, lambda: world.topo.exec(
+        "relay", ["tc", "filter", "del", "dev", NODE_IF, hook, "prio", str(prio)]).wait())
+    delete.start()
+    try:
+        result = pubsub_round(world, tmp_path, "datagram", fps=30, duration=5.0, layout=(("sub0", 2), ("sub1", 1)))
+    finally:
+        delete.cancel()
+    c = stop_and_count(world)
+    conns = c["connections"]
+    assert conns["fallen_back"] == 1 and conns["filters_lost"] == 1 and conns["lost"] == [f"{name} {hook} prio {prio}"]
+    published = result.published["objects"]
+    for r in result.reports:
+        assert r.get("publish_done") and not r.get("session_closed"), r  # the sessions survived the switch
+        if hook == "ingress":
+            assert r["objects"] == published, r
+        else:
+            assert r["objects"] >= published - 45, r  # at most ~1.5 s of 30 fps lost while rewrites were missing
