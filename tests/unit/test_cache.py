@@ -49,6 +49,19 @@ def test_keeps_the_latest_groups_and_evicts_whole_groups_oldest_first() -> None:
                                                                 Location(4, 1)]  # fmt: skip
 
 
+def test_an_evicted_group_lets_go_of_its_bytes_at_once() -> None:
+    """A group and its streams reference each other (a cycle only a full GC pass frees); eviction empties the lists,
+    so the bytes go at once (the relay grew 1.5 MiB/s at 16 Mbit/s before)."""
+    cache = ObjectCache(CacheLimits(max_groups=1, max_bytes=1 << 20, max_total_bytes=1 << 20))
+    tc = cache.track(KEY)
+    add_stream(tc, 0, [b"x" * 1000])
+    group = tc.groups[0]
+    (stream,) = group.streams
+    add_stream(tc, 1, [b"y" * 1000])  # evicts group 0
+    assert group.evicted and group.streams == [] and group.datagrams == [] and stream.chunks == []
+    assert list(tc.groups) == [1] and len(tc.groups[1].streams) == 1
+
+
 def test_stream_replay_is_byte_exact_with_the_alias_spliced() -> None:
     cache = ObjectCache()
     tc = cache.track(KEY)
