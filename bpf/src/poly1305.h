@@ -98,14 +98,22 @@ static long poly1305_block_cb(__u32 i, void *data)
 	return 0;
 }
 
-/* Absorb `nblocks` whole 16-byte blocks of buf (each with the 0x01 byte appended, RFC 8439 2.5.1). */
-static __always_inline void poly1305_blocks(struct poly1305_state *st, const __u8 *buf, __u32 nblocks)
+/* Absorb `nblocks` whole 16-byte blocks of buf (each with the 0x01 byte appended, RFC 8439 2.5.1).
+ *
+ * The count goes to bpf_loop as a clean 64-bit register: bpf_loop's nr_loops is a u32, so clang 14 passes
+ * whatever sits above bit 31 of the register it computed the count in (e.g. from (len + 15) / 16), but the
+ * kernel's inlined bpf_loop compares all 64 bits against BPF_MAX_LOOPS and answers -E2BIG with zero
+ * iterations -- a wrong tag, silently. Clamping a 64-bit copy and pinning it in a register with an empty asm
+ * makes the register hold exactly the clamped value, whatever the caller's expression was. */
+static __always_inline void poly1305_blocks(struct poly1305_state *st, const __u8 *buf, __u64 nblocks)
 {
 	struct poly1305_blocks_ctx c = { .st = st, .buf = buf };
+	__u64 n = nblocks;
 
-	if (nblocks > POLY1305_MAX_BLOCKS)
-		nblocks = POLY1305_MAX_BLOCKS;
-	bpf_loop(nblocks, poly1305_block_cb, &c, 0);
+	if (n > POLY1305_MAX_BLOCKS)
+		n = POLY1305_MAX_BLOCKS;
+	asm volatile("" : "+r"(n));
+	bpf_loop(n, poly1305_block_cb, &c, 0);
 }
 
 /* RFC 8439 2.5.1: the last partial block: its bytes, then 0x01, then zeros, and no bit 128. `m` holds the
