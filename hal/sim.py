@@ -46,6 +46,7 @@ class SimHal:
         self.installer: RemoteKeyInstaller | None = None
         self.control_path = str(state_dir() / f"{prefix}.nic.sock")
         self.engine_failed: str | None = None  # why the engine died under the relay (None: it did not)
+        self.stop_on_engine_death = False  # `relay --hal sim` sets it; in-process users (conformance) manage the engine
         self._stopping = False
         self._old_sigchld: Any = None
 
@@ -115,7 +116,7 @@ class SimHal:
         timeout). The engine is our child: on its SIGCHLD, say so on stderr and SIGTERM ourselves, so the relay
         stops through its normal path (GOAWAY, detach, unpin, teardown). A handler, not a thread: a thread made
         before the capability drop would stay privileged (relay/privilege.py)."""
-        if threading.current_thread() is not threading.main_thread():
+        if not self.stop_on_engine_death or threading.current_thread() is not threading.main_thread():
             return
         self._old_sigchld = signal.getsignal(signal.SIGCHLD)
 

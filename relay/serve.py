@@ -230,6 +230,8 @@ def run(args: argparse.Namespace) -> int:
         plaintext.warn("relay")
     try:
         try:
+            if hasattr(hal, "stop_on_engine_death"):
+                hal.stop_on_engine_death = True  # the relay owns this HAL: a dead NIC engine stops it (exit 1)
             hal.start()
             if lab and hal.key_installer() is not None:
                 return _fail(f"{plaintext.OPTION} is for NICs without QUIC crypto; --hal {hal.name} protects "
