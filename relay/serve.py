@@ -31,6 +31,7 @@ from hal.base import Hal, HalError, HalFactory
 from hal.none import NoneFactory
 from relay import privilege, stats
 from relay.cache import ObjectCache
+from relay.collector import EndedConnectionCollector
 from relay.config import ConfigError, RelayConfig, load_config
 from relay.drop_policy import PRIORITY_P_FRAMES, DropPolicy
 from relay.fastpath_runtime import FastPathUnavailable, KernelFastPath, OffloadObserver
@@ -400,12 +401,22 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal, fast:
         ]
         print(f"TLS offers the NIC's cipher suites only: {', '.join(s.name for s in config.cipher_suites)}",
               flush=True)
+    collector = EndedConnectionCollector(asyncio.get_running_loop())  # ended connections freed promptly
+    lost_before = hooks.connection_lost
+
+    def lost(conn: MoqtConnection) -> None:
+        lost_before(conn)
+        collector.note_ended()
+
+    hooks = dataclasses.replace(hooks, connection_lost=lost)
     rc: RelayConfig = getattr(args, "relay_config", None) or RelayConfig()
     relay = Relay(cache=ObjectCache(rc.cache), auth=rc.authorizer(), limits=rc.limits)
+    providers: dict[str, stats.StatsProvider] = {"memory": stats.FunctionProvider(collector.figures)}
     if fast is not None:
         fast.install(relay)
         fast.run(asyncio.get_running_loop())
-        relay.stats_providers = {"fastpath": stats.FunctionProvider(fast.counters)}  # type: ignore[attr-defined]
+        providers["fastpath"] = stats.FunctionProvider(fast.counters)
+    relay.stats_providers = providers  # type: ignore[attr-defined]
     # with --config, [limits] max_requests_per_session replaces --max-request-id
     max_request_id = (
         rc.limits.max_requests_per_session if getattr(args, "config", None) else args.max_request_id
@@ -464,6 +475,7 @@ async def _serve(args: argparse.Namespace, host: str, port: int, hal: Hal, fast:
         conn.close_session(0, "relay shutting down")
     await asyncio.sleep(0.05)
     server.close()
+    collector.close()
     stats.stop(observers)
     return 0
 
