@@ -121,10 +121,13 @@ static __always_inline int decode_ack(struct cursor *c, __u8 type, struct ack_sc
 struct walk_result {
 	__u32 acks;                        /* ACK frames */
 	__u32 other;                       /* frames other than PADDING/PING/ACK */
+	__u32 ping;                        /* a PING seen: ack-eliciting (RFC 9000 section 13.2.1) */
 	__u8 ack_type;                     /* the ACK frame's type, when one stopped the walk */
 };
 
-/* RFC 9000 section 19: walk frames. PADDING and PING are skipped; an ACK frame stops the walk with
+/* RFC 9000 section 19: walk frames. PADDING and PING (no body) are stepped over, PING counted: the packet
+ * is then ack-eliciting (section 13.2.1) and must reach aioquic, which owes the peer an ACK for it, while
+ * the ACK frame beside it is still applied here. An ACK frame stops the walk with
  * the cursor past its type byte (stop_at_ack) or is refused (a second ACK: the packet goes up whole);
  * the first other frame ends the walk (the packet goes up; the ACK before it is still applied).
  * Returns 0 or a stat. The ACK is decoded outside this loop, so the verifier sees the two loops
@@ -141,8 +144,12 @@ static __always_inline int walk_frames(struct cursor *c, struct walk_result *w, 
 		t = cursor_take(c, 1);
 		if (!t)
 			return RS_MALFORMED;
-		if (*t == QUIC_FRAME_PADDING || *t == QUIC_FRAME_PING)
+		if (*t == QUIC_FRAME_PADDING)
 			continue;
+		if (*t == QUIC_FRAME_PING) {
+			w->ping = 1;   /* a flag, not a count: fewer verifier states */
+			continue;
+		}
 		if (*t == QUIC_FRAME_ACK || *t == QUIC_FRAME_ACK_ECN) {
 			if (!stop_at_ack)   /* one ACK frame per packet in the kernel; more go up whole */
 				return RS_TOO_COMPLEX;
@@ -180,8 +187,8 @@ static __always_inline int pass_up_reason(const struct walk_result *w, const str
 {
 	__u64 interval = (__u64)(rc->pass_interval_us ? rc->pass_interval_us : K_DEFAULT_PASS_INTERVAL_US) * 1000;
 
-	if (w->other)
-		return RS_PASS_OTHER_FRAMES;   /* aioquic must see every non-ACK frame */
+	if (w->other || w->ping)
+		return RS_PASS_OTHER_FRAMES;   /* aioquic must see every non-ACK frame; a PING it must ACK */
 	if (o->user_acked)
 		return RS_PASS_USER_ACKED;     /* aioquic's own packets' recovery */
 	if (o->lost)
