@@ -185,3 +185,57 @@ def test_egress_user_packet_with_garbage_frames(egress: BpfObject, frames: list[
     if verdict == TC_ACT_OK:
         body = frame[hdr:]
         assert out.endswith(body), "only the header may change"
+
+
+# --- classifier (XDP; the NFP-subset program, also in host XDP with the fast path) ------------------------------
+
+XDP_DROP, XDP_PASS = 1, 2  # enum xdp_action
+
+_dgram_of = st.builds(
+    lambda alias, group, obj, prio, payload, dtype, with_len: (
+        "subscribed" if alias == ALIAS else "other",
+        datagram_frame(moq_object_datagram(alias, group, obj, prio, payload, dtype), with_len),
+    ),
+    st.sampled_from([ALIAS, ALIAS + 1, 0]), _u62, _u62, st.integers(0, 255), st.binary(max_size=60),
+    st.integers(0, 7), st.booleans(),
+)  # fmt: skip
+classifier_frame = st.one_of(
+    st.one_of(padding, ping, ack, stream, crypto).map(lambda f: ("valid", f)), _dgram_of,
+    garbage.map(lambda f: ("garbage", f)),
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def classifier(bpf_build: Path) -> Iterator[BpfObject]:
+    with BpfObject.load(build_path("classifier")) as obj:
+        cfg = IngressConfig()
+        cfg.port[0], cfg.dcid_len[0] = PORT, len(DCID)
+        obj.maps["classifier_cfg"].update(0, cfg)
+        obj.maps["classifier_conns"].update(CidKey.of(DCID), UpstreamConn(conn_id=CONN_ID))
+        obj.maps["subscribed"].update(TrackKey(conn_id=CONN_ID, alias=ALIAS), 1)
+        yield obj
+
+
+@FUZZ
+@given(frames=st.lists(classifier_frame, min_size=1, max_size=10), pn_len=st.integers(1, 4),
+       ip=st.sampled_from([4, 6]), known=st.booleans())  # fmt: skip
+def test_classifier_drops_only_objects_of_unsubscribed_tracks(classifier: BpfObject, frames: list[tuple[str, bytes]],
+                                                              pn_len: int, ip: int, known: bool) -> None:  # fmt: skip
+    """Whatever follows a valid short header: XDP_PASS with the packet unchanged, or XDP_DROP; exactly one counter
+    moves, and a drop is always ST_UNKNOWN_TRACK. A packet without garbage whose object datagrams all belong to the
+    subscribed track is never dropped (a publisher's good packet is never lost), nor any packet of an unknown
+    connection."""
+    dcid = DCID if known else bytes(8)
+    pkt = frame4or6(short_header_packet(dcid, 0x55, b"".join(f for _, f in frames), pn_len), ip)
+    m = classifier.maps["classifier_stats"]
+    before = {s: m.lookup(int(s)) or 0 for s in S if s != S.ST_MAX}
+    res = classifier.programs["classifier"].test_run(pkt)
+    moved = {s: (m.lookup(int(s)) or 0) - before[s] for s in before if (m.lookup(int(s)) or 0) != before[s]}
+    assert list(moved.values()) == [1], moved
+    assert res.retval in (XDP_PASS, XDP_DROP)
+    assert (res.retval == XDP_DROP) == (S.ST_UNKNOWN_TRACK in moved)
+    if res.retval == XDP_PASS:
+        assert res.data == pkt, "the classifier never rewrites"
+    kinds = {k for k, _ in frames}
+    if not known or ("garbage" not in kinds and "other" not in kinds):
+        assert res.retval == XDP_PASS
