@@ -75,18 +75,6 @@ static __always_inline void count_track(const struct track_key *tk)
 		bpf_map_update_elem(&track_objects, tk, &one, BPF_NOEXIST);
 }
 
-static __always_inline int relay_port_dcid_len(const struct ingress_config *cfg, __u32 port)
-{
-#pragma unroll
-	for (int i = 0; i < MAX_RELAY_PORTS; i++) {
-		if (cfg->port[i] == 0)
-			break;
-		if (cfg->port[i] == port)
-			return cfg->dcid_len[i];
-	}
-	return -1;
-}
-
 static __always_inline int classify(struct xdp_md *ctx, struct track_key *tk)
 {
 	struct cursor c;

@@ -61,18 +61,6 @@ static __always_inline void rs_count(__u32 stat, __u64 n)
 		*v += n;
 }
 
-static __always_inline int port_dcid_len(__u32 port)
-{
-#pragma unroll
-	for (int i = 0; i < MAX_RELAY_PORTS; i++) {
-		if (cfg.port[i] == 0)
-			break;
-		if (cfg.port[i] == port)
-			return cfg.dcid_len[i];
-	}
-	return -1;
-}
-
 /* RFC 9000 section 19.3: decode and validate one ACK frame (type consumed) into a. Every range must
  * lie within 0..largest_sent (acknowledging an unsent PN is a PROTOCOL_VIOLATION the QUIC stack
  * answers, section 13.1). Returns 0, RS_MALFORMED or RS_TOO_COMPLEX. */
@@ -263,7 +251,7 @@ int client_ingress(struct __sk_buff *skb)
 	port = parse_udphdr(&c);
 	if (port < 0)
 		goto not_ours;
-	dcid_len = port_dcid_len(port);
+	dcid_len = relay_port_dcid_len(&cfg, port);
 	if (dcid_len < 0)
 		goto not_ours;
 	if (parse_quic_short(&c, dcid_len, &ck, &r) != ST_ELIGIBLE)

@@ -284,6 +284,20 @@ static __always_inline int skip_ack_frame(struct cursor *c, __u8 type)
 	return 0;
 }
 
+/* RFC 9000 section 17.3.1: a short header does not carry its DCID length; the receiver knows it. The
+ * relay configures it per UDP port. Returns that length, or -1 when the port is not a relay port. */
+static __always_inline int relay_port_dcid_len(const volatile struct ingress_config *cfg, __u32 port)
+{
+#pragma unroll
+	for (int i = 0; i < MAX_RELAY_PORTS; i++) {
+		if (cfg->port[i] == 0)
+			break;
+		if (cfg->port[i] == port)
+			return cfg->dcid_len[i];
+	}
+	return -1;
+}
+
 /* RFC 9000 section 17.3.1: 1-RTT (short header) packet. Header Form (0x80) = 0, Fixed Bit
  * (0x40) = 1; then the DCID, whose length the receiver knows (dcid_len, configured per relay
  * port), then the Packet Number of (first byte & 0x03) + 1 bytes. The first byte's low bits and

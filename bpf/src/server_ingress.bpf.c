@@ -28,19 +28,6 @@ static __always_inline void count(__u32 stat)
 		*n += 1;
 }
 
-/* DCID length configured for a relay port, or -1 when the port is not a relay port. */
-static __always_inline int relay_port_dcid_len(__u32 port)
-{
-#pragma unroll
-	for (int i = 0; i < MAX_RELAY_PORTS; i++) {
-		if (cfg.port[i] == 0)
-			break;
-		if (cfg.port[i] == port)
-			return cfg.dcid_len[i];
-	}
-	return -1;
-}
-
 static __always_inline int classify(struct __sk_buff *skb, struct parse_result *r)
 {
 	struct cursor c;
@@ -81,7 +68,7 @@ static __always_inline int classify(struct __sk_buff *skb, struct parse_result *
 	port = parse_udphdr(&c);
 	if (port == PARSE_ERR_MALFORMED)
 		return ST_MALFORMED;
-	dcid_len = relay_port_dcid_len(port);
+	dcid_len = relay_port_dcid_len(&cfg, port);
 	if (dcid_len < 0)
 		return ST_OTHER;
 
