@@ -8,6 +8,7 @@ anything that is not a MoQT object of a known connection passes untouched.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,14 +42,21 @@ ROWS: list[tuple[str, bytes, int, IngressStat]] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def classifier(bpf_build: Path) -> Iterator[BpfObject]:
+@contextmanager
+def loaded_classifier() -> Iterator[BpfObject]:
+    """The classifier with one relay port, one upstream connection (DCID) and one subscribed track."""
     with BpfObject.load(build_path("classifier")) as obj:
         cfg = IngressConfig()
         cfg.port[0], cfg.dcid_len[0] = PORT, len(DCID)
         obj.maps["classifier_cfg"].update(0, cfg)
         obj.maps["classifier_conns"].update(CidKey.of(DCID), UpstreamConn(conn_id=CONN_ID))
         obj.maps["subscribed"].update(TrackKey(conn_id=CONN_ID, alias=SUBSCRIBED), 1)
+        yield obj
+
+
+@pytest.fixture(scope="module")
+def classifier(bpf_build: Path) -> Iterator[BpfObject]:
+    with loaded_classifier() as obj:
         yield obj
 
 

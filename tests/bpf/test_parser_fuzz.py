@@ -36,6 +36,7 @@ from tests.bpf.packets import (
     udp,
 )
 from tests.bpf.test_client_egress import SUB4, SUB6, clone_mark, install, load_egress, run, user_packet
+from tests.bpf.test_offload_check_classifier import SUBSCRIBED, XDP_DROP, XDP_PASS, loaded_classifier
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf]
 
@@ -187,16 +188,15 @@ def test_egress_user_packet_with_garbage_frames(egress: BpfObject, frames: list[
         assert out.endswith(body), "only the header may change"
 
 
-# --- classifier (XDP; the NFP-subset program, also in host XDP with the fast path) ------------------------------
-
-XDP_DROP, XDP_PASS = 1, 2  # enum xdp_action
+# --- classifier (XDP; the NFP-subset program, also in host XDP with the fast path); its fixture and PORT/DCID/
+# CONN_ID come from test_offload_check_classifier.py (the same values as here) -----------------------------------
 
 _dgram_of = st.builds(
     lambda alias, group, obj, prio, payload, dtype, with_len: (
-        "subscribed" if alias == ALIAS else "other",
+        "subscribed" if alias == SUBSCRIBED else "other",
         datagram_frame(moq_object_datagram(alias, group, obj, prio, payload, dtype), with_len),
     ),
-    st.sampled_from([ALIAS, ALIAS + 1, 0]), _u62, _u62, st.integers(0, 255), st.binary(max_size=60),
+    st.sampled_from([SUBSCRIBED, SUBSCRIBED + 1, 0]), _u62, _u62, st.integers(0, 255), st.binary(max_size=60),
     st.integers(0, 7), st.booleans(),
 )  # fmt: skip
 classifier_frame = st.one_of(
@@ -207,12 +207,7 @@ classifier_frame = st.one_of(
 
 @pytest.fixture(scope="module")
 def classifier(bpf_build: Path) -> Iterator[BpfObject]:
-    with BpfObject.load(build_path("classifier")) as obj:
-        cfg = IngressConfig()
-        cfg.port[0], cfg.dcid_len[0] = PORT, len(DCID)
-        obj.maps["classifier_cfg"].update(0, cfg)
-        obj.maps["classifier_conns"].update(CidKey.of(DCID), UpstreamConn(conn_id=CONN_ID))
-        obj.maps["subscribed"].update(TrackKey(conn_id=CONN_ID, alias=ALIAS), 1)
+    with loaded_classifier() as obj:
         yield obj
 
 
