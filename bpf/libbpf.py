@@ -87,6 +87,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_map__set_initial_value": (c_int, [c_void_p, c_void_p, c_size_t]),
     "bpf_map__set_ifindex": (c_int, [c_void_p, c_uint32]),
     "bpf_map__reuse_fd": (c_int, [c_void_p, c_int]),
+    "bpf_map__set_max_entries": (c_int, [c_void_p, c_uint32]),
     "bpf_program__name": (c_char_p, [c_void_p]),
     "bpf_program__section_name": (c_char_p, [c_void_p]),
     "bpf_program__fd": (c_int, [c_void_p]),

@@ -351,13 +351,15 @@ class BpfObject:
         ifindex: int = 0,
         log_level: int = 0,
         reuse_maps: Mapping[str, Map] | None = None,
+        max_entries: Mapping[str, int] | None = None,
     ) -> BpfObject:
         """Open, configure ``.rodata`` globals by name, load, and (with ``pin_dir``) pin maps and programs.
 
         ``ifindex`` != 0 asks for device offload of every program and map (bpf_program__set_ifindex).
         ``log_level`` 1 or 2 keeps the verifier log of a successful load in ``.log`` (2 adds its statistics).
         ``reuse_maps`` names maps this object shares with another loaded one (bpf_map__reuse_fd): e.g. the state
-        client_egress writes and client_ingress reads."""
+        client_egress writes and client_ingress reads. ``max_entries`` overrides maps' sizes by name before load
+        (bpf_map__set_max_entries; a ring buffer's is its size in bytes: a power-of-two multiple of the page size)."""
         path = Path(path)
         try:
             spec = btfmod.Btf.from_object(path)
@@ -379,6 +381,7 @@ class BpfObject:
             try:
                 cls._configure(obj, spec, rodata or {}, ifindex)
                 cls._reuse(obj, reuse_maps or {})
+                cls._resize(obj, max_entries or {})
                 ret = so.bpf_object__load(obj)
                 if ret < 0:
                     raise LoadError(f"{path.name}: load failed ({os.strerror(-ret)}): {summarize_log(cap.text)}", cap.text)
@@ -420,6 +423,17 @@ class BpfObject:
             m = so.bpf_object__next_map(obj, m)
         if wanted:
             raise LoadError(f"the object has no map named {', '.join(sorted(wanted))} to share", "")
+
+    @staticmethod
+    def _resize(obj: int, sizes: Mapping[str, int]) -> None:
+        so = libbpf.lib()
+        for name, size in sizes.items():
+            m = so.bpf_object__find_map_by_name(obj, name.encode())
+            if not m:
+                raise LoadError(f"the object has no map named {name} to resize", "")
+            ret = so.bpf_map__set_max_entries(m, size)
+            if ret < 0:
+                raise LoadError(f"map {name}: max_entries {size} refused ({os.strerror(-ret)})", "")
 
     @staticmethod
     def _configure(obj: int, spec: btfmod.Btf, rodata: Mapping[str, Mirror | bytes], ifindex: int) -> None:

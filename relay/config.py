@@ -27,12 +27,24 @@ class ConfigError(ValueError):
     """A configuration file the relay refuses; str() is the whole message for the operator."""
 
 
+REGISTRATION_RING_DEFAULT = 1 << 20  # REG_EVENTS_BYTES in bpf/src/maps.h
+
+
+@dataclass(frozen=True)
+class FastPathConfig:
+    """Load-time sizes of the kernel fast path (docs/operations-config.md, [fastpath])."""
+
+    # reg_events ring in bytes (~14.5k records per MiB): a copy the program cannot record is not sent (EG_RING_FULL)
+    registration_ring: int = REGISTRATION_RING_DEFAULT
+
+
 @dataclass(frozen=True)
 class RelayConfig:
     cache: CacheLimits = field(default_factory=CacheLimits)
     limits: Limits = field(default_factory=Limits)
     rules: tuple[Rule, ...] = ()
     default_deny: bool = False
+    fastpath: FastPathConfig = field(default_factory=FastPathConfig)
 
     def authorizer(self) -> Authorizer:
         return Authorizer(self.rules, default_deny=self.default_deny)
@@ -138,7 +150,7 @@ def parse_config(text: str, path: str = "<config>") -> RelayConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     r = _Reader(path, text)
-    r.check_keys(doc, "", {"cache", "limits", "auth"})
+    r.check_keys(doc, "", {"cache", "limits", "auth", "fastpath"})
 
     c = r.table(doc, "cache")
     r.check_keys(c, "cache", {f.name for f in fields(CacheLimits)})
@@ -186,7 +198,12 @@ def parse_config(text: str, path: str = "<config>") -> RelayConfig:
         for action in (Action.PUBLISH, Action.SUBSCRIBE):
             if action.value in item:
                 rules.append(Rule(prefix, action, _tokens(r, sec, action.value, item[action.value])))
-    return RelayConfig(cache, limits, tuple(rules), default == "deny")
+    fp = r.table(doc, "fastpath")
+    r.check_keys(fp, "fastpath", {f.name for f in fields(FastPathConfig)})
+    ring = r.size(fp, "fastpath", "registration_ring", REGISTRATION_RING_DEFAULT)
+    if ring < 4096 or ring & (ring - 1):  # the kernel's rule for a BPF ring buffer (page size 4 KiB)
+        raise r.fail("fastpath", "registration_ring", 'must be a power of two, at least 4096, e.g. "4 MiB"')
+    return RelayConfig(cache, limits, tuple(rules), default == "deny", FastPathConfig(ring))
 
 
 def load_config(path: str | Path) -> RelayConfig:

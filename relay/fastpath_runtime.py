@@ -140,11 +140,13 @@ class KernelFastPath:
     @classmethod
     def start(cls, ifname: str, port: int, pin_prefix: str | None = None, first_pn: int = 0,
               policy: DropPolicy | None = None, classifier: bool = True, recovery: str = "user",
-              pass_interval_ms: float = DEFAULT_PASS_INTERVAL_MS) -> KernelFastPath:
+              pass_interval_ms: float = DEFAULT_PASS_INTERVAL_MS,
+              registration_ring: int | None = None) -> KernelFastPath:
         """Load both programs (configured for the relay's UDP port), attach them to ``ifname`` in the current
         network namespace, and pin their maps under /sys/fs/bpf/<pin_prefix> (for `relay stats`).
         ``recovery``: "user" (per-packet registration), "kernel" (client_ingress too; failing is an error) or
-        "auto" (kernel where it loads, else user with a warning)."""
+        "auto" (kernel where it loads, else user with a warning). ``registration_ring``: the size in bytes of the
+        `reg_events` ring (config `[fastpath] registration_ring`; None: the object's 1 MiB)."""
         if recovery not in ("user", "kernel", "auto"):
             raise ValueError(f"recovery {recovery!r}: user, kernel or auto")
         ingress_o, egress_o = build_path("server_ingress"), build_path("client_egress")
@@ -168,7 +170,8 @@ class KernelFastPath:
         filters: list[TcFilter] = []
         try:
             objs.append(BpfObject.load(ingress_o, rodata={"cfg": icfg}, pin_dir=pins))
-            objs.append(BpfObject.load(egress_o, rodata={"egress_cfg": ecfg}, pin_dir=pins))
+            sizes = {"reg_events": registration_ring} if registration_ring else None
+            objs.append(BpfObject.load(egress_o, rodata={"egress_cfg": ecfg}, pin_dir=pins, max_entries=sizes))
             for obj, prog, direction, prio in ((objs[0], "server_ingress", Direction.INGRESS, SERVER_INGRESS_PRIO),
                                                (objs[1], "client_egress", Direction.EGRESS, 1)):
                 f = TcFilter(obj.programs[prog].fd, ifindex, direction, name=prog, prio=prio)
@@ -583,6 +586,8 @@ class KernelFastPath:
 
     def _connection_counters(self) -> dict[str, Any]:
         out: dict[str, Any] = vars(self.stats).copy()
+        # subscriptions (or connections) kept in user space because a map or slot capacity ran out (invariant 6)
+        out["refused_full"] = self.hooks.full
         if self.watchdog is not None:
             out.update(self.watchdog.counters())
         if self.recovery is not None:  # onsets of the egress program's policy

@@ -71,6 +71,7 @@ class RegistrationStats:
     unmatched_user: int = 0  # kind 2 without a waiting aioquic entry
     duplicate_pn: int = 0  # a PN already in the history: never overwrite (invariant 1 says it cannot happen)
     reordered: int = 0  # batches that needed the history re-sorted
+    stranded_user: int = 0  # aioquic packets that left without a record (ring full, egress drop): declared lost
     largest_pn: int = -1  # largest packet number registered on any connection (tests: crossing 2^16)
 
 
@@ -161,6 +162,7 @@ class Registrar:
         waiting_keys = self._waiting(history) if any(int(r.kind) == KIND_USER for r in recs) else {}
         unordered = False
         done = 0
+        newest_user = -1  # aioquic's own key of the newest user-space packet a record matched
         for rec in recs:
             pn = int(rec.pn)
             if pn in history:
@@ -172,7 +174,9 @@ class Registrar:
                 if not keys:
                     self.stats.unmatched_user += 1
                     continue
-                waiting = history.pop(keys.pop(0))
+                key = keys.pop(0)
+                newest_user = max(newest_user, key)
+                waiting = history.pop(key)
                 waiting.packet_number = pn
                 history[pn] = waiting  # already counted in flight by aioquic when it was sent
                 unordered = True  # its old key sat above USER_PN_BASE, after everything
@@ -195,7 +199,20 @@ class Registrar:
         if unordered:
             _sort_in_place(history)
             self.stats.reordered += 1
+        if newest_user >= 0:
+            self._strand(conn, newest_user)
         return done
+
+    def _strand(self, conn: QuicConnection, newest: int) -> None:
+        """The program numbers a connection's packets in the order aioquic sent them, so an aioquic entry older than
+        one that got its record never will (its packet was dropped: full ring, failed rewrite). Declared lost now,
+        as `hand_back` does: above every acknowledged PN, aioquic's loss scan would never reach it, its bytes
+        would stay in flight and its frames (stream data) would wait for a PTO, which live media keeps pushing back."""
+        space = conn._spaces[Epoch.ONE_RTT]
+        stranded = [p for pn, p in space.sent_packets.items() if USER_PN_BASE <= pn < newest]
+        if stranded:  # not a congestion signal: only out of flight, their frames queued again
+            self.stats.stranded_user += len(stranded)
+            conn._loss._on_packets_lost(packets=stranded, space=space, now=time.monotonic(), congestion_event=False)
 
     @staticmethod
     def _waiting(history: dict[int, QuicSentPacket]) -> dict[int, list[int]]:

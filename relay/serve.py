@@ -317,7 +317,8 @@ def _start_fast_path(
     try:
         fast = KernelFastPath.start(hal.ports()[0].ifname, port, first_pn=max(0, args.fast_path_first_pn),
                                     policy=policy, recovery=args.recovery or "auto",
-                                    pass_interval_ms=args.recovery_pass_ms)
+                                    pass_interval_ms=args.recovery_pass_ms,
+                                    registration_ring=(getattr(args, "relay_config", None) or RelayConfig()).fastpath.registration_ring)
     except FastPathUnavailable as exc:
         if args.fast_path == "on":
             return None, port, str(exc)

@@ -119,6 +119,16 @@ def test_unknown_rodata_name_is_a_load_error(bpf_build: Path) -> None:
         BpfObject.load(build_path("server_ingress"), rodata={"cfg": b"\0"})
 
 
+def test_max_entries_resizes_a_map_before_load(bpf_build: Path) -> None:
+    """`[fastpath] registration_ring` goes through this: the ring's size in bytes, set before the kernel sees it."""
+    with BpfObject.load(build_path("client_egress"), max_entries={"reg_events": 4096}) as obj:
+        assert obj.maps["reg_events"].max_entries == 4096
+    with pytest.raises(LoadError, match="no map named nope to resize"):
+        BpfObject.load(build_path("client_egress"), max_entries={"nope": 4096})
+    with BpfObject.load(build_path("client_egress"), max_entries={"reg_events": 5000}) as obj:
+        assert obj.maps["reg_events"].max_entries == 8192  # libbpf rounds a ring up to a power-of-two of pages
+
+
 BAD_PROG = r"""
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>

@@ -6,16 +6,22 @@
 - The NIC's crypto engine process killed: the relay notices (the engine is its child: SIGCHLD, hal/sim.py
   `_watch_engine`), prints a clear error, and stops through its normal exit path (no 1-RTT packet can be protected
   any more; the NIC namespace does not bridge in engine mode, so nothing goes out in plaintext meanwhile).
+- A full map at run time (`downstream_cids` filled through its pin): new subscribers are served in user space,
+  counted (`connections.refused_full`), and go to the kernel again once there is room.
+- A full registration ring at run time (4 KiB via `[fastpath] registration_ring`, relay stalled by SIGSTOP):
+  `EG_RING_FULL` counted, stream subscribers still get every object, the relay keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,9 +29,12 @@ from typing import Any
 
 import pytest
 
+from bpf import libbpf
+from bpf.structs import CidKey, DownstreamCid
+from relay.fastpath import SLOT_MAX
 from relay.stats import read_socket
 from tests.integration.relay_process import relay_env, stop
-from tests.sim.simrelay import NAMESPACE, TRACK, RunningRelay, SimWorld, sim_world
+from tests.sim.simrelay import NAMESPACE, START_DELAY, TRACK, RunningRelay, SimWorld, pubsub_round, sim_world
 from tests.support import have_root, have_tool, require
 
 pytestmark = [pytest.mark.sim, pytest.mark.root, pytest.mark.bpf]
@@ -128,3 +137,125 @@ def test_nic_engine_killed_relay_reports_and_stops(world: SimWorld) -> None:
         stop(sub)
         stop(pub)
         world.relay = None
+
+
+# --- a full map or ring buffer at run time: slow path, counted, never a crash -------------------------------------
+
+DOWNSTREAM_CIDS_MAX = 4096  # bpf/src/maps.h
+
+
+def fill_pinned_map(pin: Path, keys: list[bytes], value: bytes) -> int:
+    """Write junk entries through a pinned map (as another root process could) until it refuses: how many went in."""
+    so = libbpf.lib()
+    fd = so.bpf_obj_get(str(pin).encode())
+    assert fd >= 0, f"bpf_obj_get({pin}): {os.strerror(ctypes.get_errno())}"
+    try:
+        val = ctypes.create_string_buffer(value, len(value))
+        for n, key in enumerate(keys):
+            if so.bpf_map_update_elem(fd, ctypes.create_string_buffer(key, len(key)), val, 0) < 0:
+                return n  # E2BIG: the map is full
+        return len(keys)
+    finally:
+        os.close(fd)
+
+
+def delete_pinned_keys(pin: Path, keys: list[bytes]) -> None:
+    so = libbpf.lib()
+    fd = so.bpf_obj_get(str(pin).encode())
+    assert fd >= 0
+    try:
+        for key in keys:
+            so.bpf_map_delete_elem(fd, ctypes.create_string_buffer(key, len(key)))
+    finally:
+        os.close(fd)
+
+
+def fast_counters(relay: RunningRelay) -> dict[str, Any]:
+    c = stats(relay)["providers"]["fastpath"]
+    assert "error" not in c, c
+    return c
+
+
+def test_full_cid_map_new_subscribers_stay_in_user_space_then_kernel_again(
+    world: SimWorld, tmp_path: Path
+) -> None:
+    """`downstream_cids` (one entry per enabled subscriber connection) filled to max_entries from outside: new
+    subscribers are served in user space, every object arrives, the refusals show as `connections.refused_full`
+    in `relay stats`; once the junk is gone the next subscribers are the kernel's again."""
+    relay = world.ensure_relay(("--fast-path", "on"))
+    pin = Path(f"/sys/fs/bpf/moq-relay-{relay.proc.pid}")
+    junk = [bytes(CidKey.of(b"\xee" * 12 + i.to_bytes(8, "big"))) for i in range(DOWNSTREAM_CIDS_MAX)]
+    value = bytes(DownstreamCid(slot=SLOT_MAX - 1))
+    added = fill_pinned_map(pin / "downstream_cids", junk, value)
+    try:
+        assert added == DOWNSTREAM_CIDS_MAX == pinned_entries(pin, "downstream_cids")  # no subscriber yet
+        before = fast_counters(relay)
+        full = pubsub_round(world, tmp_path / "full", "datagram", layout=(("sub0", 2),))
+        assert not full.problems(), full.problems()  # every object, from user space
+        mid = fast_counters(relay)
+        assert mid["connections"]["refused_full"] - before["connections"]["refused_full"] >= 2, mid[
+            "connections"
+        ]
+        assert mid["connections"]["enabled_connections"] == before["connections"]["enabled_connections"]
+        assert mid["egress"]["EG_CLONE_SENT"] == before["egress"]["EG_CLONE_SENT"]  # not one kernel copy
+        assert relay.proc.poll() is None
+    finally:
+        delete_pinned_keys(pin / "downstream_cids", junk[:added])
+    assert pinned_entries(pin, "downstream_cids") == 0
+    again = pubsub_round(world, tmp_path / "again", "datagram", layout=(("sub0", 2),))
+    assert not again.problems(), again.problems()
+    after = fast_counters(relay)
+    assert after["connections"]["enabled_connections"] - mid["connections"]["enabled_connections"] == 2
+    assert after["connections"]["refused_full"] == mid["connections"]["refused_full"]
+    objects = int(again.published["generated"])
+    assert after["egress"]["EG_CLONE_SENT"] - mid["egress"]["EG_CLONE_SENT"] >= objects  # the kernel's copies
+    out = relay.reader.text()
+    assert "Traceback" not in out, out[-3000:]
+    print(
+        f"full downstream_cids: {added} junk entries, refused_full {before['connections']['refused_full']} -> "
+        f"{mid['connections']['refused_full']}, {objects} objects x 2 subscribers from user space; then "
+        f"{after['egress']['EG_CLONE_SENT'] - mid['egress']['EG_CLONE_SENT']} kernel copies"
+    )
+
+
+def test_registration_ring_overflow_counted_relay_keeps_serving(world: SimWorld, tmp_path: Path) -> None:
+    """A 4 KiB `reg_events` ring ([fastpath] registration_ring, ~56 records) and a relay that stalls 1.5 s (SIGSTOP:
+    a long pause, the kernel keeps copying): copies the program cannot record are not sent and counted
+    (EG_RING_FULL). Subgroup streams: aioquic sends the data of every unrecorded copy itself, so every subscriber
+    still gets every object, and the relay keeps running without an exception."""
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text("[fastpath]\nregistration_ring = 4096\n")
+    relay = world.ensure_relay(("--fast-path", "on", "--recovery", "user", "--config", str(cfg)))
+    pid = relay.proc.pid
+    ring = subprocess.run(["bpftool", "-j", "map", "show", "pinned", f"/sys/fs/bpf/moq-relay-{pid}/reg_events"],
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert json.loads(ring)["max_entries"] == 4096  # the config's size, applied before load
+    before = fast_counters(relay)["egress"]["EG_RING_FULL"]
+
+    def stall() -> None:
+        time.sleep(START_DELAY + 3.0)  # objects are flowing
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(1.5)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    staller = threading.Thread(target=stall)
+    staller.start()
+    try:
+        result = pubsub_round(
+            world, tmp_path / "ring", "stream-per-group", layout=(("sub0", 3),), duration=6.0
+        )
+    finally:
+        staller.join()
+    c = fast_counters(relay)
+    overflowed = c["egress"]["EG_RING_FULL"] - before
+    assert overflowed > 0, c["egress"]
+    assert relay.proc.poll() is None
+    assert not result.problems(), (result.problems(), c["egress"], c["registration"], c["streams"])
+    out = relay.reader.text()
+    assert "Traceback" not in out and "Exception" not in out, out[-3000:]
+    print(
+        f"registration ring 4 KiB, relay stalled 1.5 s: EG_RING_FULL {overflowed}, "
+        f"{result.published['generated']} objects x 3 subscribers all delivered; registration {c['registration']}"
+    )

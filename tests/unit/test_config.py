@@ -76,7 +76,16 @@ BAD = [
     ("cache = 3\n", "<config>:1: cache: must be a table", None),
     ('[[auth.rule]]\nnamespace = "a"\nsubscribe = [{ value = "x", expires = 2020-01-01T00:00:00 }]\n',
      "expires must be a date-time with offset", None),
+    ('[fastpath]\nregistration_ring = "3 MiB"\n', "<config>:2: [fastpath] registration_ring: must be a power of two",
+     None),
+    ("[fastpath]\nregistration_ring = 2048\n", "at least 4096", None),
+    ("[fastpath]\nring = 4096\n", "<config>:2: [fastpath] ring: unknown key", None),
 ]  # fmt: skip
+
+
+def test_fastpath_registration_ring_size() -> None:
+    assert parse_config('[fastpath]\nregistration_ring = "4 MiB"\n').fastpath.registration_ring == 4 << 20
+    assert parse_config("").fastpath.registration_ring == 1 << 20  # the object's own size (maps.h)
 
 
 @pytest.mark.parametrize(("text", "want", "also"), BAD)

@@ -209,3 +209,47 @@ def test_several_user_packets_rekeyed_whatever_the_record_order() -> None:
     _ack(client, server, seed, seed + 5)
     assert not any(pn >= seed for pn in history)
     assert server._loss.bytes_in_flight == _outstanding(server)
+
+
+def test_a_user_packet_without_a_record_is_declared_lost_and_its_stream_data_resent() -> None:
+    """The egress program dropped aioquic's first packet (full ring: EG_RING_FULL), so it never gets a record; the
+    next ones do. The program numbers a connection's packets in send order, so the first is declared lost at once:
+    its bytes leave the flight and its stream data is pending again (above every acknowledged PN, aioquic's own
+    loss scan would never reach it). Not a congestion event: the network did not lose it."""
+    _, server = _pair()
+    seed = enable(server)
+    reg = Registrar()
+    reg.bind(7, server)
+    sid = server.get_next_available_stream_id()
+    for i in range(3):
+        server.send_stream_data(sid, bytes([65 + i]) * 500)
+        server.datagrams_to_send(now=time.monotonic())
+    space = server._spaces[Epoch.ONE_RTT]
+    user = sorted(pn for pn in space.sent_packets if pn >= USER_PN_BASE)
+    assert len(user) == 3
+    first_bytes, in_flight = space.sent_packets[user[0]].sent_bytes, server._loss.bytes_in_flight
+    cwnd = server._loss.congestion_window
+    for i, pn in enumerate(user[1:], 1):
+        reg.on_record(Rec(pn=seed + i, kind=KIND_USER, orig_pn=pn & 0xFFFF))
+    assert reg.flush() == 2
+    assert reg.stats.stranded_user == 1 and reg.stats.renumbered == 2
+    assert not any(pn >= USER_PN_BASE for pn in space.sent_packets)
+    assert server._loss.bytes_in_flight == in_flight - first_bytes
+    assert server._streams[sid].sender._pending.bounds() == range(0, 500)  # the first packet's data, to resend
+    assert server._loss.congestion_window == cwnd
+
+
+def test_a_late_record_in_the_same_batch_is_not_stranded() -> None:
+    """Records of one batch may come in any order (several CPUs); only entries older than the newest matched one
+    that are still unmatched after the whole batch count as dropped."""
+    _, server = _pair()
+    seed = enable(server)
+    reg = Registrar()
+    reg.bind(7, server)
+    for uid in (1, 2):
+        server.send_ping(uid)
+        server.datagrams_to_send(now=time.monotonic())
+    user = sorted(pn for pn in server._spaces[Epoch.ONE_RTT].sent_packets if pn >= USER_PN_BASE)
+    reg.on_record(Rec(pn=seed + 1, kind=KIND_USER, orig_pn=user[1] & 0xFFFF))
+    reg.on_record(Rec(pn=seed, kind=KIND_USER, orig_pn=user[0] & 0xFFFF))
+    assert reg.flush() == 2 and reg.stats.stranded_user == 0
