@@ -187,6 +187,8 @@ class _Protocol(QuicConnectionProtocol):
         self._on_event: Callable[[S.MoqtEvent], None] | None = None
         self._early: list[S.MoqtEvent] = []  # SERVER_SETUP can arrive before connect() returns: keep it
         self._flush_pending = False
+        self._keepalive: asyncio.TimerHandle | None = None
+        self.pings_sent = 0
 
     def set_event_handler(self, handler: Callable[[S.MoqtEvent], None]) -> None:
         self._on_event = handler
@@ -203,7 +205,24 @@ class _Protocol(QuicConnectionProtocol):
         self._flush_pending = False
         self.transmit()
 
+    def _keep_alive(self) -> None:
+        """RFC 9000 section 10.1.2: a PING at a third of the negotiated idle timeout, so a pause in the media (the
+        publisher gone until the relay notices, a track not announced yet) does not end our session; a dead relay
+        still ends it at the timeout, as its PINGs go unanswered."""
+        self._keepalive = None
+        if self._quic._close_pending or self.moqt.closed:  # noqa: SLF001 - aioquic keeps it private
+            return
+        self._quic.send_ping(self.pings_sent)
+        self.pings_sent += 1
+        self.transmit()
+        self._keepalive = self._loop.call_later(self._quic._idle_timeout() / 3, self._keep_alive)  # noqa: SLF001
+
     def quic_event_received(self, event: qe.QuicEvent) -> None:
+        if isinstance(event, qe.HandshakeCompleted) and self._keepalive is None:
+            self._keepalive = self._loop.call_later(self._quic._idle_timeout() / 3, self._keep_alive)  # noqa: SLF001
+        elif isinstance(event, qe.ConnectionTerminated) and self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
         self.moqt.handle_quic_event(event)
         while (moqt_event := self.moqt.next_event()) is not None:
             if self._on_event is None:

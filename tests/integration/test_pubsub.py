@@ -195,3 +195,26 @@ def test_subscribe_error_names_the_code_and_exits_1(relay: RelayProcess) -> None
     line = run.stderr.strip()
     assert line.startswith("relay sub: SUBSCRIBE rejected: ") and "(0x" in line, line
     assert "Traceback" not in run.stderr
+
+
+def test_pub_and_sub_keep_their_sessions_alive_through_a_silent_pause(tmp_path: Path) -> None:
+    """A relay with a 1.5 s idle timeout, and 4 s between the publisher's announcement and its first object: no
+    media flows, yet neither session times out, because `relay pub` and `relay sub` send a PING at a third of the
+    negotiated idle timeout (RFC 9000 section 10.1.2). Every object then arrives."""
+    require(have_relay(), RELAY_MISSING)
+    with running_relay(tmp_path / "r", extra=["--idle-timeout", "1.5"]) as relay:
+        pub = tool(relay, "pub", "--namespace", NAMESPACE, "--mode", "datagram", "--fps", "30", "--duration", "1",
+                   "--start-delay", "4", "--bitrate", "150k")  # fmt: skip
+        sub = None
+        try:
+            pub_out = wait_line(pub, "announced", 15)
+            sub = tool(relay, "sub", "--namespace", NAMESPACE, "--duration", "20", "--json", str(tmp_path / "s.json"))
+            finish(pub, 30, "relay pub", relay, pub_out)
+            finish(sub, 40, "relay sub", relay)
+        finally:
+            stop(pub)
+            if sub is not None:
+                stop(sub)
+    (r,) = reports(tmp_path / "s.json")
+    assert r["session_closed"] is None and r["publish_done"] is not None, r
+    assert r["objects"] == 30 and r["missing"] == 0, r

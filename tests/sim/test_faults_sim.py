@@ -259,3 +259,49 @@ def test_registration_ring_overflow_counted_relay_keeps_serving(world: SimWorld,
         f"registration ring 4 KiB, relay stalled 1.5 s: EG_RING_FULL {overflowed}, "
         f"{result.published['generated']} objects x 3 subscribers all delivered; registration {c['registration']}"
     )
+
+
+# --- a publisher killed mid-group, with the kernel fast path --------------------------------------------------------
+
+PUBLISHER_MAPS = ("upstream_conns", "fast_tracks", "track_subs", "fast_streams")
+
+
+def test_killed_publisher_publish_done_maps_emptied_then_kernel_again(world: SimWorld, tmp_path: Path) -> None:
+    """SIGKILL of a publisher whose subgroup streams the kernel copies to two subscribers: at the relay's idle
+    timeout both subscriptions end with PUBLISH_DONE, every kernel entry of that track and connection is gone, and
+    a new publisher's objects reach a new subscriber through the kernel again."""
+    relay = world.ensure_relay(("--fast-path", "on", "--idle-timeout", str(IDLE)))
+    pin = Path(f"/sys/fs/bpf/moq-relay-{relay.proc.pid}")
+    report = tmp_path / "sub.json"
+    pub = media(world, relay, "pub0", "pub", "--mode", "stream-per-group", "--fps", "30", "--gop", "90",
+                "--bitrate", "400k", "--duration", "60")  # fmt: skip
+    sub = media(world, relay, "sub0", "sub", "--subscribers", "2", "--duration", "60", "--wait", "15",
+                "--json", str(report))  # fmt: skip
+    try:
+        wait_until("both subscriptions", lambda: stats(relay)["subscribers"] == 2, 30)
+        wait_until("the kernel copies the track", lambda: pinned_entries(pin, "track_subs") >= 1
+                   and pinned_entries(pin, "fast_streams") >= 1, 20)  # fmt: skip
+        time.sleep(1.0)  # mid-group: a group is 3 s
+        before = {name: pinned_entries(pin, name) for name in PUBLISHER_MAPS}
+        streamed = fast_counters(relay)["egress"]["EG_STREAM_SENT"]  # the subgroup streams' kernel copies
+        copies = fast_counters(relay)["egress"]["EG_CLONE_SENT"]
+        os.kill(pub.pid, signal.SIGKILL)  # no PUBLISH_DONE, no CONNECTION_CLOSE: only the idle timeout tells
+        pub.wait(5)
+        killed = time.monotonic()
+        assert sub.wait(IDLE + 20) == 0  # `relay sub` ends once every subscription got PUBLISH_DONE
+        noticed = time.monotonic() - killed
+        ends = [s.get("publish_done") for s in json.loads(report.read_text())["subscribers"]]
+        assert len(ends) == 2 and all(e is not None for e in ends), ends
+        wait_until("every kernel entry of the track and the publisher removed",
+                   lambda: all(pinned_entries(pin, name) == 0 for name in PUBLISHER_MAPS), 10)  # fmt: skip
+        assert streamed > 0 and relay.proc.poll() is None
+        again = pubsub_round(world, tmp_path / "again", "datagram", layout=(("sub0", 1),))
+        assert not again.problems(), again.problems()
+        after = fast_counters(relay)["egress"]["EG_CLONE_SENT"]
+        assert after - copies >= int(again.published["generated"])  # the new subscriber's copies: the kernel's
+        assert "Traceback" not in relay.reader.text()
+        print(f"killed publisher: PUBLISH_DONE to 2 subscribers {noticed:.1f} s after the kill (idle timeout {IDLE} s); "
+              f"kernel entries {before} -> 0; a new publisher's {again.published['generated']} objects via the kernel")
+    finally:
+        stop(sub)
+        stop(pub)
