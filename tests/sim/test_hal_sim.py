@@ -21,12 +21,17 @@ import pytest
 from sim.state import SimStateError, state_dir
 from sim.topology import down_prefix
 from tests.integration.relay_process import LineReader, relay_env, stop
-from tests.sim.simrelay import FILL, SimWorld, capture, leftovers, pubsub_round, sim_world
+from tests.sim.simrelay import (
+    SimWorld,
+    check_every_mode_encrypted_on_the_wire,
+    leftovers,
+    pubsub_round,
+    sim_world,
+)
 from tests.support import have_root, have_tool, require
 
 pytestmark = [pytest.mark.sim, pytest.mark.root]
 
-MODES = ("datagram", "stream-per-object", "stream-per-group")
 
 
 @pytest.fixture(scope="module")
@@ -41,24 +46,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimWorld]:
 def test_every_mode_reaches_five_subscribers_encrypted_on_the_wire(world: SimWorld, tmp_path: Path) -> None:
 
     world.ensure_relay()
-    port = world.topo.port()
-    before = world.counters()
-    with capture(world.topo, "nic", port.wire_if, tmp_path / "wire.pcap") as wire, \
-            capture(world.topo, "relay", port.relay_if, tmp_path / "relay.pcap") as inner:
-        for mode in MODES:
-            result = pubsub_round(world, tmp_path / mode, mode)
-            assert len(result.reports) == 5
-            assert result.problems() == [], f"{mode}: {result.problems()}\n{result.logs}"
-            assert result.published["objects"] == result.published["generated"] == 60
-    after = world.counters()
-    wire_bytes, inner_bytes = wire.read_bytes(), inner.read_bytes()
-    # Both captures saw the media (5 copies of ~3 x 100 kB), so "no fill text" on the wire means something.
-    assert len(wire_bytes) > 500_000 and len(inner_bytes) > 500_000
-    assert wire_bytes.count(FILL.encode()) == 0, "media in clear on the wire side of the NIC"
-    assert inner_bytes.count(FILL.encode()) > 1000, "the relay's side of the NIC should carry plaintext"
-    assert after.decrypted - before.decrypted > 0
-    assert after.encrypted - before.encrypted > 1000
-    assert after.auth_failures == 0 and after.zero_tag_forgery_drops == 0
+    check_every_mode_encrypted_on_the_wire(world, tmp_path)
 
 
 def test_key_update_started_by_subscribers_loses_nothing(world: SimWorld, tmp_path: Path) -> None:

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.sim.simrelay import FILL, SimWorld, capture, pubsub_round, sim_world
+from tests.sim.simrelay import SimWorld, check_every_mode_encrypted_on_the_wire, pubsub_round, sim_world
 from tests.support import have_root, have_tool, require
 
 pytestmark = [pytest.mark.sim, pytest.mark.root]
 
-MODES = ("datagram", "stream-per-object", "stream-per-group")
 TC = ("--nic-engine", "tc")
 
 
@@ -28,23 +27,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimWorld]:
 
 def test_every_mode_encrypted_on_the_wire_by_tc(world: SimWorld, tmp_path: Path) -> None:
     relay = world.ensure_relay(TC)
-    port = world.topo.port()
-    before = world.counters()
-    with capture(world.topo, "nic", port.wire_if, tmp_path / "wire.pcap") as wire, \
-            capture(world.topo, "relay", port.relay_if, tmp_path / "relay.pcap") as inner:
-        for mode in MODES:
-            result = pubsub_round(world, tmp_path / mode, mode)
-            assert len(result.reports) == 5
-            assert result.problems() == [], f"{mode}: {result.problems()}\n{result.logs}"
-            assert result.published["objects"] == result.published["generated"] == 60
-    after = world.counters()
-    wire_bytes, inner_bytes = wire.read_bytes(), inner.read_bytes()
-    assert len(wire_bytes) > 500_000 and len(inner_bytes) > 500_000
-    assert wire_bytes.count(FILL.encode()) == 0, "media in clear on the wire side of the NIC"
-    assert inner_bytes.count(FILL.encode()) > 1000, "the relay's side of the NIC should carry plaintext"
-    assert after.decrypted - before.decrypted > 0
-    assert after.encrypted - before.encrypted > 1000
-    assert after.auth_failures == 0 and after.zero_tag_forgery_drops == 0
+    check_every_mode_encrypted_on_the_wire(world, tmp_path)
     assert relay.proc.poll() is None
 
 
