@@ -32,6 +32,38 @@ log = logging.getLogger("relay.fastpath")
 GRANT_SHARE = 2  # a kernel stream gets at most 1/(GRANT_SHARE * streams) of the free connection credit per refresh
 
 
+def _deliver_each_byte_once(sender: Any) -> None:
+    """Make a stream sender tolerate two packets carrying the same bytes, which a kernel-copied stream can have (a
+    copy, and aioquic's own send of data it wrote before it learned of that copy).
+
+    RFC 9000 section 13.3: data is delivered once any packet carrying it is acknowledged. aioquic assumes one
+    packet per range: a second ACK of a range it already freed lands below `_buffer_start` in its acknowledged set
+    and blocks every later trim, so the stream's whole buffer stays until the connection ends (the fast-path soak
+    grew ~250 KiB/s per 4 Mbit/s until the stall policy reset the streams); and a LOST of a range acknowledged by
+    the other packet would queue bytes that are no longer in the buffer (aioquic would then send whatever a
+    negative slice of it holds). Both are clipped to what is still unacknowledged, and an ACK also takes its bytes
+    out of the resend queue. Installed on the sender itself: packets aioquic builds from now on capture this handler."""
+    original = sender.on_data_delivery
+
+    def on_data_delivery(delivery: QuicDeliveryState, start: int, stop: int, fin: bool) -> None:
+        start = max(start, sender._buffer_start)
+        stop = max(stop, start)
+        if delivery == QuicDeliveryState.ACKED:
+            original(delivery, start, stop, fin)
+            if stop > start:  # queued again after the other packet's loss: delivered now, nothing to resend
+                sender._pending.subtract(start, stop)
+            return
+        left = RangeSet([range(start, stop)]) if stop > start else RangeSet()
+        for r in list(sender._acked):
+            left.subtract(r.start, r.stop)
+        for r in left:
+            original(delivery, r.start, r.stop, False)
+        if fin and not sender._acked_fin:
+            original(delivery, stop, stop, True)
+
+    sender.on_data_delivery = on_data_delivery
+
+
 @dataclass(eq=False)
 class KernelStream:
     """One upstream stream as copied for one subscription."""
@@ -79,6 +111,7 @@ class KernelStreams:
         if stream is None:
             return False
         k = KernelStream(quic, stream, slot, conn_id, up_id, down_id, limit=first_len, min_offset=first_len)
+        _deliver_each_byte_once(stream.sender)
         self._grant(k, self._free_credit(quic) // (GRANT_SHARE * (1 + self._count(quic))))
         self.controller.map_stream(slot, up_id, down_id, first_len, k.limit, varint_len(down_id))
         first = (conn_id, up_id) not in self._by_up
