@@ -72,6 +72,7 @@ def snapshot(relay: Relay, providers: Mapping[str, StatsProvider] | None = None)
         "tracks": len(tracks),
         "subscribers": subscribers,
         "kernel_subscribers": kernel_subscribers,
+        "tasks": _task_count(),  # the soak checks it stays flat: a leaked task per session would grow it
         "user": {"datagrams_in": fwd.datagrams_in, "copies_out": fwd.copies_out},
         "cascade": relay.counters.snapshot(),
         "track_list": sorted(tracks, key=lambda t: str(t["track"])),
@@ -84,6 +85,14 @@ def snapshot(relay: Relay, providers: Mapping[str, StatsProvider] | None = None)
         except Exception as exc:  # noqa: BLE001 - see docstring
             out["providers"][name] = {"error": f"{type(exc).__name__}: {exc}"}
     return out
+
+
+def _task_count() -> int | None:
+    """asyncio tasks of the relay's loop (None when called outside a running loop, e.g. a test's snapshot)."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return None
 
 
 def subscription_entry(relay: Relay, sub: Downstream) -> dict[str, Any]:
