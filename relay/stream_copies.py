@@ -41,8 +41,8 @@ def _deliver_each_byte_once(sender: Any) -> None:
     and blocks every later trim, so the stream's whole buffer stays until the connection ends (the fast-path soak
     grew ~250 KiB/s per 4 Mbit/s until the stall policy reset the streams); and a LOST of a range acknowledged by
     the other packet would queue bytes that are no longer in the buffer (aioquic would then send whatever a
-    negative slice of it holds). Both are clipped to what is still unacknowledged, and an ACK also takes its bytes
-    out of the resend queue. Installed on the sender itself: packets aioquic builds from now on capture this handler."""
+    negative slice of it holds). Both are clipped to what is still unacknowledged, and bytes an ACK freed leave the resend
+    queue (only those: taking every acknowledged range out of it disturbed the kernel's flow-control grants). Installed on the sender itself: packets aioquic builds from now on capture this handler."""
     original = sender.on_data_delivery
 
     def on_data_delivery(delivery: QuicDeliveryState, start: int, stop: int, fin: bool) -> None:
@@ -50,8 +50,8 @@ def _deliver_each_byte_once(sender: Any) -> None:
         stop = max(stop, start)
         if delivery == QuicDeliveryState.ACKED:
             original(delivery, start, stop, fin)
-            if stop > start:  # queued again after the other packet's loss: delivered now, nothing to resend
-                sender._pending.subtract(start, stop)
+            if len(sender._pending) and sender._pending[0].start < sender._buffer_start:  # queued after the other
+                sender._pending.subtract(0, sender._buffer_start)  # packet's loss, freed now: never resend
             return
         left = RangeSet([range(start, stop)]) if stop > start else RangeSet()
         for r in list(sender._acked):

@@ -208,7 +208,7 @@ class _Protocol(QuicConnectionProtocol):
     def _keep_alive(self) -> None:
         """RFC 9000 section 10.1.2: a PING at a third of the negotiated idle timeout, so a pause in the media (the
         publisher gone until the relay notices, a track not announced yet) does not end our session; a dead relay
-        still ends it at the timeout, as its PINGs go unanswered."""
+        still ends it, about a third of the timeout later (the first PING restarts aioquic's idle timer)."""
         self._keepalive = None
         if self._quic._close_pending or self.moqt.closed:  # noqa: SLF001 - aioquic keeps it private
             return
