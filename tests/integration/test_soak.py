@@ -208,6 +208,8 @@ def run_soak(target: Target, tmp: Path, alive: Callable[[], bool]) -> dict[str, 
 
     churn = json.loads(churn_json.read_text())
     reports = json.loads(report.read_text())["subscribers"]
+    # relay/collector.py, wired in relay/serve.py: ended connections are freed by its passes, not by chance
+    memory = asyncio.run(read_socket(target.sock))["providers"]["memory"]
     warm = [s for s in samples if s.t >= WARMUP]
     assert len(warm) >= 5, f"too few samples after the warm-up: {samples}"
     rss_slope = _slope(warm, "rss")
@@ -224,6 +226,7 @@ def run_soak(target: Target, tmp: Path, alive: Callable[[], bool]) -> dict[str, 
         "subscribers_max": max(s.subscribers for s in samples),
         "maps": {m: {"start": start.maps[m], "max": max(s.maps[m] for s in samples), "end": end.maps[m],
                      "left": final.maps[m]} for m in start.maps},  # fmt: skip
+        "gc": memory,
         "churn_cycles": churn["cycles"],
         "churn_vanished": churn["vanished"],
         "churn_objects": churn["objects"],
@@ -236,6 +239,8 @@ def run_soak(target: Target, tmp: Path, alive: Callable[[], bool]) -> dict[str, 
     assert not churn["errors"], churn["errors"][:5]
     assert churn["idle_sessions"] == IDLE_SESSIONS, churn
     assert churn["cycles"] >= SOAK_SECONDS / 10, figures
+    assert memory["connections_ended"] >= churn["cycles"] and memory["gc_passes"] >= 1, figures
+    assert memory["gc_freed_objects"] >= 50 * memory["connections_ended"], figures  # ~90 garbage objects each
     assert max(s.fds for s in warm) <= base.fds + target.fd_slack, figures
     assert end.fds <= start.fds + 1, figures  # the same clients as at the start: no fd left behind by the churn
     assert max(s.threads for s in warm) <= base.threads + 2, figures
